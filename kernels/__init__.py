@@ -1,0 +1,1 @@
+"""Pallas kernels for factorized spatial-temporal attention, installed as ``vidjax.kernels``."""

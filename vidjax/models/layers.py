@@ -1,0 +1,335 @@
+"""Building blocks shared by every transformer in vidjax: the one place for each idea.
+
+Shapes: ``B`` batch, ``T`` frames, ``S`` tokens per frame, ``N`` any token axis,
+``L`` caption tokens, ``C`` model width, ``H`` heads, ``D`` head dim.
+
+Sections: (1) initialisers and linear layers, (2) attention, (3) MLP and
+modulation, (4) embeddings, (5) fixed sin/cos tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from einops import rearrange
+from flax import nnx
+
+from vidjax.parallel.rules import constrain
+
+Array = jax.Array
+
+# --------------------------------------------------------------------------------------
+# 1. Initialisers and linear layers
+# --------------------------------------------------------------------------------------
+
+xavier = nnx.initializers.xavier_uniform()
+normal02 = nnx.initializers.normal(0.02)
+zeros = nnx.initializers.zeros_init()
+
+
+class Buffer(nnx.Variable):
+    """A fixed tensor that is saved with the model but never trained (e.g. ``y_embedding``)."""
+
+
+def linear(
+    din: int,
+    dout: int,
+    axes: tuple[str | None, str | None],
+    rngs: nnx.Rngs,
+    *,
+    init: Callable = xavier,
+    bias: bool = True,
+    dtype=None,
+    param_dtype=jnp.float32,
+) -> nnx.Linear:
+    """``nnx.Linear`` whose kernel ``[din, dout]`` carries logical axis names ``axes``."""
+    return nnx.Linear(
+        din,
+        dout,
+        use_bias=bias,
+        kernel_init=nnx.with_partitioning(init, axes),
+        bias_init=nnx.with_partitioning(zeros, (axes[1],)),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+def layer_norm(x: Array, eps: float = 1e-6) -> Array:
+    """LayerNorm without affine parameters, computed in float32 (Open-Sora's ``norm1/norm2``)."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm with a learned scale (used for STDiT3 qk-norm), fp32 inside."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, *, param_dtype=jnp.float32):
+        self.eps = eps
+        self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+
+    def __call__(self, x: Array) -> Array:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), -1, keepdims=True) + self.eps)
+        return xf.astype(x.dtype) * self.weight[...].astype(x.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# 2. Attention
+# --------------------------------------------------------------------------------------
+
+ATTENTION_IMPLS: dict[str, Callable] = {}
+
+
+def register_attention(name: str):
+    """Register a factorized attention implementation.
+
+    ``f(q, k, v, *, axis, mask) -> o`` with q, k, v: [B, T, S, H, D] and ``axis`` either
+    ``"spatial"`` (attend over S within each frame) or ``"temporal"`` (over T at each position).
+    ``mask``: [B, S_k] key mask (True = keep), spatial only.
+    """
+
+    def wrap(fn):
+        ATTENTION_IMPLS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_attention("xla")
+def xla_attention(q: Array, k: Array, v: Array, *, axis: str = "spatial", mask: Array | None = None) -> Array:
+    """Exact softmax attention on the native [B, T, S, H, D] layout; scores and softmax in float32.
+
+    This is the reference every other implementation is tested against.
+    """
+    scale = q.shape[-1] ** -0.5
+    if axis == "spatial":
+        logits = jnp.einsum("btqhd,btkhd->bthqk", q * scale, k, preferred_element_type=jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask[:, None, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        return jnp.einsum("bthqk,btkhd->btqhd", probs, v)
+    if axis == "temporal":
+        if mask is not None:
+            raise ValueError("temporal attention takes no key mask")
+        logits = jnp.einsum("bqshd,bkshd->bshqk", q * scale, k, preferred_element_type=jnp.float32)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        return jnp.einsum("bshqk,bkshd->bqshd", probs, v)
+    raise ValueError(f"axis={axis!r}; expected 'spatial' or 'temporal'")
+
+
+def attention(q: Array, k: Array, v: Array, *, axis: str = "spatial", mask: Array | None = None,
+              impl: str = "xla") -> Array:
+    """Dispatch to a registered implementation. q, k, v: [B, T, S, H, D] (k, v may have another S)."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"model.attention_impl={impl!r}; expected one of {sorted(ATTENTION_IMPLS)}")
+    return ATTENTION_IMPLS[impl](q, k, v, axis=axis, mask=mask)
+
+
+def apply_rope(x: Array, positions: Array, axis: int, theta: float = 1e4) -> Array:
+    """Rotary embedding with interleaved pairs (lucidrains / STDiT3), along ``axis`` of x: [..., D]."""
+    d = x.shape[-1]
+    freqs = 1.0 / theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d)  # [D/2]
+    ang = jnp.repeat(positions.astype(jnp.float32)[:, None] * freqs[None], 2, axis=-1)  # [N, D], pairs (d r)
+    shape = [1] * x.ndim
+    shape[axis], shape[-1] = x.shape[axis], d
+    ang = ang.reshape(shape)
+    pairs = rearrange(x.astype(jnp.float32), "... (d r) -> ... d r", r=2)
+    rotated = rearrange(jnp.stack([-pairs[..., 1], pairs[..., 0]], -1), "... d r -> ... (d r)")
+    return (x.astype(jnp.float32) * jnp.cos(ang) + rotated * jnp.sin(ang)).astype(x.dtype)
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection (Open-Sora ``Attention``).
+
+    x: [B, T, S, C] -> [B, T, S, C]; ``axis="spatial"`` attends within each frame,
+    ``axis="temporal"`` across frames at each position (no transpose: the kernel reads the layout).
+    Optional RMS qk-norm and RoPE along the attended axis (STDiT3 features).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        rngs: nnx.Rngs,
+        *,
+        axis: str = "spatial",
+        qk_norm: bool = False,
+        rope: bool = False,
+        impl: str = "xla",
+        dtype=None,
+        param_dtype=jnp.float32,
+    ):
+        self.num_heads, self.axis, self.impl, self.rope = num_heads, axis, impl, rope
+        self.qkv = linear(dim, 3 * dim, ("embed", "heads"), rngs, dtype=dtype, param_dtype=param_dtype)
+        self.proj = linear(dim, dim, ("heads", "embed"), rngs, dtype=dtype, param_dtype=param_dtype)
+        head_dim = dim // num_heads
+        self.q_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
+
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        qkv = rearrange(self.qkv(x), "b t s (three h d) -> three b t s h d", three=3, h=self.num_heads)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope:
+            ax = 1 if self.axis == "temporal" else 2
+            pos = jnp.arange(x.shape[ax])
+            q, k = apply_rope(q, pos, ax), apply_rope(k, pos, ax)
+        o = attention(q, k, v, axis=self.axis, mask=mask, impl=self.impl)
+        return self.proj(rearrange(o, "b t s h d -> b t s (h d)"))
+
+
+class CrossAttention(nnx.Module):
+    """Queries from the video, keys/values from the caption (Open-Sora ``MultiHeadCrossAttention``).
+
+    x: [B, N, C] (all tokens of a clip), y: [B, L, C], mask: [B, L] (True = real token) -> [B, N, C].
+    Runs as spatial attention with one "frame" holding all N queries.
+    """
+
+    def __init__(self, dim: int, num_heads: int, rngs: nnx.Rngs, *, impl: str = "xla", dtype=None,
+                 param_dtype=jnp.float32, zero_out: bool = True):
+        self.num_heads, self.impl = num_heads, impl
+        self.q_linear = linear(dim, dim, ("embed", "heads"), rngs, dtype=dtype, param_dtype=param_dtype)
+        self.kv_linear = linear(dim, 2 * dim, ("embed", "heads"), rngs, dtype=dtype, param_dtype=param_dtype)
+        self.proj = linear(dim, dim, ("heads", "embed"), rngs, init=zeros if zero_out else xavier, dtype=dtype,
+                           param_dtype=param_dtype)
+
+    def __call__(self, x: Array, y: Array, mask: Array | None) -> Array:
+        q = rearrange(self.q_linear(x), "b n (h d) -> b 1 n h d", h=self.num_heads)
+        kv = rearrange(self.kv_linear(y), "b l (two h d) -> two b 1 l h d", two=2, h=self.num_heads)
+        o = attention(q, kv[0], kv[1], axis="spatial", mask=mask, impl=self.impl)
+        return self.proj(rearrange(o, "b 1 n h d -> b n (h d)"))
+
+
+# --------------------------------------------------------------------------------------
+# 3. MLP and modulation
+# --------------------------------------------------------------------------------------
+
+
+def gelu_tanh(x: Array) -> Array:
+    return jax.nn.gelu(x, approximate=True)
+
+
+class Mlp(nnx.Module):
+    """``fc2(act(fc1(x)))``; x: [..., C] -> [..., C_out]."""
+
+    def __init__(self, din: int, hidden: int, dout: int, rngs: nnx.Rngs, *, act: Callable = gelu_tanh,
+                 init: Callable = xavier, out_init: Callable | None = None, dtype=None, param_dtype=jnp.float32):
+        self.act = act
+        self.fc1 = linear(din, hidden, ("embed", "mlp"), rngs, init=init, dtype=dtype, param_dtype=param_dtype)
+        self.fc2 = linear(hidden, dout, ("mlp", "embed"), rngs, init=out_init or init, dtype=dtype,
+                          param_dtype=param_dtype)
+
+    def __call__(self, x: Array) -> Array:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def modulate(x: Array, shift: Array, scale: Array) -> Array:
+    """adaLN modulation: ``x * (1 + scale) + shift`` (broadcast over token axes)."""
+    return x * (1 + scale) + shift
+
+
+# --------------------------------------------------------------------------------------
+# 4. Embeddings
+# --------------------------------------------------------------------------------------
+
+
+def timestep_sinusoid(t: Array, dim: int = 256, max_period: float = 10000.0) -> Array:
+    """t: [B] (any real) -> [B, dim], **cos first** as in DiT / Open-Sora."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class TimestepEmbedder(nnx.Module):
+    """t: [B] -> [B, C] through sinusoid(256), Linear, SiLU, Linear (``t_embedder.mlp.{0,2}``)."""
+
+    def __init__(self, dim: int, rngs: nnx.Rngs, *, freq_dim: int = 256, dtype=None, param_dtype=jnp.float32):
+        self.freq_dim, self.dtype = freq_dim, dtype
+        self.mlp = Mlp(freq_dim, dim, dim, rngs, act=jax.nn.silu, init=normal02, dtype=dtype,
+                       param_dtype=param_dtype)
+
+    def __call__(self, t: Array) -> Array:
+        emb = timestep_sinusoid(t, self.freq_dim)
+        return self.mlp(emb if self.dtype is None else emb.astype(self.dtype))
+
+
+class CaptionEmbedder(nnx.Module):
+    """Projects text-encoder states into the model width (``y_embedder``).
+
+    y: [B, L, C_text] -> [B, L, C]. Rows with ``drop`` set are replaced by the fixed
+    ``y_embedding`` buffer [L, C_text]: the classifier-free-guidance null caption.
+    """
+
+    def __init__(self, caption_channels: int, dim: int, token_num: int, rngs: nnx.Rngs, *, dtype=None,
+                 param_dtype=jnp.float32):
+        self.y_proj = Mlp(caption_channels, dim, dim, rngs, init=normal02, dtype=dtype, param_dtype=param_dtype)
+        null = jax.random.normal(rngs.params(), (token_num, caption_channels)) / caption_channels**0.5
+        self.y_embedding = Buffer(null.astype(param_dtype))
+
+    def __call__(self, y: Array, drop: Array | None = None) -> Array:
+        if drop is not None:
+            null = self.y_embedding[...].astype(y.dtype)[None]
+            y = jnp.where(drop[:, None, None], null, y)
+        return self.y_proj(y)
+
+
+class PatchEmbed3D(nnx.Module):
+    """Non-overlapping 3D patches (Open-Sora ``x_embedder``, a Conv3d with stride = kernel).
+
+    x: [B, T, H, W, C_in] -> [B, T', S, C] with S = H'·W' in row-major (h, w) order.
+    The kernel is stored flattened as [(pt ph pw c_in), C].
+    """
+
+    def __init__(self, patch: tuple[int, int, int], in_channels: int, dim: int, rngs: nnx.Rngs, *, dtype=None,
+                 param_dtype=jnp.float32):
+        self.patch = tuple(patch)
+        self.proj = linear(int(np.prod(patch)) * in_channels, dim, ("patch", "embed"), rngs, dtype=dtype,
+                           param_dtype=param_dtype)
+
+    def __call__(self, x: Array) -> Array:
+        pt, ph, pw = self.patch
+        x = rearrange(x, "b (t pt) (h ph) (w pw) c -> b t (h w) (pt ph pw c)", pt=pt, ph=ph, pw=pw)
+        return self.proj(x)
+
+
+# --------------------------------------------------------------------------------------
+# 5. Fixed sin/cos tables (MAE convention, computed in float64 numpy)
+# --------------------------------------------------------------------------------------
+
+
+def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+    """pos: [M] -> [M, dim], **sin first**."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int, scale: float = 1.0, base_size: int | None = None) -> np.ndarray:
+    """[grid_h * grid_w, dim] spatial table; the **first half encodes w** (PixArt / Open-Sora v1.0)."""
+    gh = np.arange(grid_h, dtype=np.float32) / scale
+    gw = np.arange(grid_w, dtype=np.float32) / scale
+    if base_size is not None:
+        gh, gw = gh / (grid_h / base_size), gw / (grid_w / base_size)
+    ww, hh = np.meshgrid(gw, gh)  # both [grid_h, grid_w]
+    return np.concatenate([sincos_1d(dim // 2, ww), sincos_1d(dim // 2, hh)], axis=1)
+
+
+def sincos_temporal(dim: int, length: int, scale: float = 1.0) -> np.ndarray:
+    """[length, dim] temporal table from positions ``arange(length) / scale``."""
+    return sincos_1d(dim, np.arange(length, dtype=np.float32) / scale)
+
+
+__all__ = [
+    "Buffer", "linear", "layer_norm", "RMSNorm", "attention", "register_attention", "xla_attention", "apply_rope",
+    "SelfAttention", "CrossAttention", "Mlp", "gelu_tanh", "modulate", "timestep_sinusoid", "TimestepEmbedder",
+    "CaptionEmbedder", "PatchEmbed3D", "sincos_1d", "sincos_2d", "sincos_temporal", "constrain",
+]

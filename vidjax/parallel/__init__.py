@@ -1,0 +1,1 @@
+"""Device meshes, the logical-axis table, and sequence parallelism."""
