@@ -128,6 +128,8 @@ def attention(q: Array, k: Array, v: Array, *, axis: str = "spatial", mask: Arra
               impl: str = "xla") -> Array:
     """Dispatch to a registered implementation. q, k, v: [B, T, S, H, D] (k, v may have another S)."""
     if impl not in ATTENTION_IMPLS:
+        import vidjax.kernels  # noqa: F401  (registers the Pallas / cuDNN / auto implementations)
+    if impl not in ATTENTION_IMPLS:
         raise ValueError(f"model.attention_impl={impl!r}; expected one of {sorted(ATTENTION_IMPLS)}")
     return ATTENTION_IMPLS[impl](q, k, v, axis=axis, mask=mask)
 
