@@ -1,0 +1,90 @@
+"""The default run: a tiny STDiT learns the built-in `shapes` dataset on a laptop CPU (≤ 30 min).
+
+    python -m vidjax.train --config configs/shapes_tiny.py
+    python -m vidjax.train --config configs/shapes_tiny.py --config.train.steps=200   # a quick look
+
+Everything else is a variant of this file by override (big_vision style).
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    c = ConfigDict()
+    c.name = "shapes_tiny"
+    c.seed = 0
+    c.progress = True
+
+    # data: 8 frames of 32×32 pixels; generated into data.root when absent
+    c.data = ConfigDict(dict(
+        captions="",  # a caption file (JSON / JSONL / CSV) to train on instead of `shapes`
+        video_root="",  # folder the caption file's paths are relative to (default: its own folder)
+        root="data/shapes_8x32x32",
+        num_clips=2000,
+        seed=0,
+        frames=8,
+        height=32,
+        width=32,
+        frame_interval=1,
+        cache_in_memory=True,
+        num_threads=2,
+    ))
+
+    # text: a small trainable word embedding (T5 / CLIP for real captions)
+    c.text = ConfigDict(dict(encoder="trainable", vocab_size=512, max_length=8, dim=64))
+
+    # compression: raw pixels
+    c.vae = ConfigDict(dict(name="raw"))
+
+    # denoiser: STDiT with Open-Sora v1.0 blocks
+    c.model = ConfigDict(dict(
+        name="stdit",
+        size="",
+        depth=4,
+        hidden=128,
+        heads=4,
+        mlp_ratio=4.0,
+        patch=(2, 4, 4),
+        learn_sigma=False,
+        space_scale=1.0,
+        time_scale=1.0,
+        qk_norm=False,
+        temporal_rope=False,
+        dtype="float32",
+        remat="none",
+        attention_impl="xla",
+    ))
+
+    # objective and sampler
+    c.diffusion = ConfigDict(dict(
+        name="rflow",
+        sample_method="logit-normal",
+        use_timestep_transform=False,
+        caption_dropout=0.1,
+        sample_steps=30,
+        cfg_scale=4.0,
+    ))
+
+    c.train = ConfigDict(dict(
+        steps=2000,
+        batch_size=32,
+        lr=1e-3,
+        final_lr_frac=0.1,
+        warmup=100,
+        weight_decay=0.0,
+        b2=0.99,
+        adam_eps=1e-8,
+        grad_clip=1.0,
+        ema_decay=0.995,
+        log_every=20,
+        ckpt_every=250,
+        keep_checkpoints=2,
+    ))
+
+    # after training: sample the evaluation prompts and score them
+    c.sample = ConfigDict(dict(num_prompts=48, seed=0, fps=8, batch_size=48))
+
+    if arg == "quick":  # CI-sized smoke run
+        c.train.steps, c.train.ckpt_every, c.train.log_every = 6, 3, 1
+        c.data.num_clips, c.sample.num_prompts, c.diffusion.sample_steps = 64, 4, 4
+    return c

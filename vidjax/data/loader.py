@@ -1,0 +1,98 @@
+"""Training input pipeline: caption file + videos -> shuffled, batched clips through grain.
+
+    records --probe--> good records (corrupt / short clips skipped and listed)
+            --VideoSource--> {"video": uint8 [T, H, W, 3], "caption": str}
+            --grain: seed, shuffle, repeat, random_map(to_model), batch--> numpy batches
+
+A batch is ``{"video": float32 [B, T, H, W, 3] in [-1, 1], "ids": int32 [B, L], "mask": bool [B, L]}``.
+The iterator state is a small dict that orbax saves next to the model, so a resumed run
+continues with exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import grain
+import numpy as np
+from tqdm import tqdm
+
+from vidjax.data.captions import Record
+from vidjax.data.video_io import VideoReadError, read_video, resize_clip
+
+log = logging.getLogger(__name__)
+
+
+def probe_records(records: list[Record], frames: int, frame_interval: int = 1, report: str | Path | None = None,
+                  keep_decoded: bool = False, progress: bool = True):
+    """Decode every clip once; drop unreadable or too-short ones and list them.
+
+    Returns (good records, decoded clips or None, skipped [(path, reason)]). The list of
+    skipped clips is written to ``report`` (one ``path<TAB>reason`` per line) and logged.
+    """
+    need = (frames - 1) * frame_interval + 1
+    good, clips, skipped = [], [], []
+    for r in tqdm(records, desc="checking clips", disable=not progress, unit="clip", leave=False):
+        try:
+            clip = read_video(r.path)
+            if len(clip) < need:
+                raise VideoReadError(f"{r.path}: {len(clip)} frames, need {need}")
+        except VideoReadError as e:
+            skipped.append((str(r.path), str(e)))
+            continue
+        good.append(r)
+        if keep_decoded:
+            clips.append(clip)
+    if report is not None:
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
+        Path(report).write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
+    if skipped:
+        log.warning("skipped %d unreadable or short clips (listed in %s): %s", len(skipped), report,
+                    ", ".join(Path(p).name for p, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
+    if not good:
+        raise VideoReadError("no readable clips: every clip in the caption file failed to decode")
+    return good, (clips if keep_decoded else None), skipped
+
+
+class VideoSource:
+    """Random-access source: index -> {"video": uint8 [T_file, H_file, W_file, 3], "captions": tuple}."""
+
+    def __init__(self, records: list[Record], clips: list[np.ndarray] | None = None):
+        self.records, self.clips = records, clips
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.records[i]
+        clip = self.clips[i] if self.clips is not None else read_video(r.path)
+        return {"video": clip, "captions": r.captions}
+
+
+def make_transform(frames: int, height: int, width: int, tokenizer: Callable, frame_interval: int = 1):
+    """(record, rng) -> model example: a random window of frames, resized, a random caption, tokenized."""
+
+    def to_model(ex: dict, rng: np.random.Generator) -> dict:
+        clip = ex["video"]
+        span = (frames - 1) * frame_interval + 1
+        start = int(rng.integers(0, len(clip) - span + 1))
+        clip = resize_clip(clip[start : start + span : frame_interval], height, width)
+        text = ex["captions"][int(rng.integers(len(ex["captions"])))]
+        ids, mask = tokenizer([text])
+        video = clip.astype(np.float32) / 127.5 - 1.0
+        return {"video": video, "ids": ids[0], "mask": mask[0]}
+
+    return to_model
+
+
+def make_dataset(source: VideoSource, transform, *, batch_size: int, seed: int, shard_index: int = 0,
+                 shard_count: int = 1, num_threads: int = 2) -> grain.IterDataset:
+    """Infinite, shuffled, per-process-sharded batches (each process loads only its share)."""
+    ds = grain.MapDataset.source(source)
+    if shard_count > 1:
+        ds = ds[shard_index::shard_count]
+    ds = ds.seed(seed).shuffle().repeat().random_map(transform)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size))
+    return ds.batch(batch_size, drop_remainder=True)
