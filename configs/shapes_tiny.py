@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.text = ConfigDict(dict(encoder="trainable", vocab_size=512, max_length=8, dim=64))
 
     # compression: raw pixels
-    c.vae = ConfigDict(dict(name="raw"))
+    c.vae = ConfigDict(dict(type="raw"))
 
     # denoiser: STDiT with Open-Sora v1.0 blocks
     c.model = ConfigDict(dict(
@@ -82,9 +82,13 @@ def get_config(arg: str | None = None) -> ConfigDict:
     ))
 
     # after training: sample the evaluation prompts and score them
-    c.sample = ConfigDict(dict(num_prompts=48, seed=0, fps=8, batch_size=48))
+    c.sample = ConfigDict(dict(num_prompts=48, seed=0, fps=8, batch_size=48, eval_every=500))
 
-    if arg == "quick":  # CI-sized smoke run
-        c.train.steps, c.train.ckpt_every, c.train.log_every = 6, 3, 1
-        c.data.num_clips, c.sample.num_prompts, c.diffusion.sample_steps = 64, 4, 4
+    if arg == "quick":  # CI-sized smoke run: same code path, seconds instead of minutes
+        c.name = "shapes_quick"
+        c.train.steps, c.train.ckpt_every, c.train.log_every, c.train.warmup, c.train.batch_size = 6, 3, 1, 2, 8
+        c.model.depth, c.model.hidden = 2, 64
+        c.data.num_clips, c.data.root = 64, "data/shapes_quick"
+        c.sample.num_prompts, c.sample.batch_size, c.sample.eval_every = 4, 4, 0
+        c.diffusion.sample_steps = 4
     return c

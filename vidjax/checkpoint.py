@@ -72,7 +72,7 @@ def restore_model(workdir: str | Path, step: int | None = None, ema: bool = True
         raise FileNotFoundError(f"{ckpt_dir}: no checkpoint at step {step}; have {sorted(steps)}")
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     config = ml_collections.ConfigDict(meta["config"])
-    vae = build_vae(config)
+    vae = build_vae(config.vae)
     model = build_model(config, nnx.Rngs(0), latent_channels=vae.latent_channels)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     key = "ema" if ema else "params"

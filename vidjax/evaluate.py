@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             from vidjax.models.vae import build_vae
 
             config, model, _ = restore_model(a.workdir, ema=True)
-            report = evaluate_model(model, config, build_vae(config), build_diffusion(config.diffusion),
+            report = evaluate_model(model, config, build_vae(config.vae), build_diffusion(config.diffusion),
                                     build_tokenizer(config), Path(a.workdir) / f"samples_{a.split}", a.split,
                                     a.num_prompts)
         else:

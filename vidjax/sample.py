@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         from vidjax.models.vae import build_vae
 
         config, model, step = restore_model(a.workdir, a.step, ema=not a.no_ema)
-        clips = generate(model, config, build_vae(config), build_diffusion(config.diffusion),
+        clips = generate(model, config, build_vae(config.vae), build_diffusion(config.diffusion),
                          build_tokenizer(config), prompts, seed=a.seed, steps=a.steps, cfg_scale=a.cfg_scale,
                          progress=True)
     except (FileNotFoundError, ValueError) as e:

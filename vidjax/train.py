@@ -143,7 +143,7 @@ def run(config, workdir: str | Path) -> dict:
     data_iter = iter(dataset)
 
     # model, objective, optimizer
-    vae = build_vae(config)
+    vae = build_vae(config.vae)
     model = build_model(config, nnx.Rngs(config.seed), latent_channels=vae.latent_channels)
     diffusion = build_diffusion(config.diffusion)
     tx = make_optimizer(config.train)
@@ -166,6 +166,7 @@ def run(config, workdir: str | Path) -> dict:
         print(f"resuming from checkpoint at step {start}", file=sys.stderr)
     metrics_path = workdir / "metrics.jsonl"
     _truncate_metrics(metrics_path, start)
+    _truncate_metrics(workdir / "eval_curve.jsonl", start)
 
     t = config.train
     step_fn = make_train_step(parts, tx, diffusion, vae, t.ema_decay)
@@ -175,7 +176,7 @@ def run(config, workdir: str | Path) -> dict:
     bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not config.progress,
                dynamic_ncols=True)
     pending: list = []
-    t_loop = time.time()
+    t_loop, eval_seconds = time.time(), 0.0
     with metrics_path.open("a") as mf:
         for step in range(start, t.steps):
             batch = next(data_iter)
@@ -197,9 +198,14 @@ def run(config, workdir: str | Path) -> dict:
                 pending = []
             if done % t.ckpt_every == 0 or done == t.steps:
                 ckpt.save(done, params=params, ema=ema, opt=opt_state, data_iter=data_iter, config=config)
+            if config.sample.eval_every and done % config.sample.eval_every == 0 and done < t.steps:
+                t_eval = time.time()
+                _periodic_eval(parts.merge(ema), config, vae, diffusion, tokenizer, done,
+                               time.time() - t_loop - eval_seconds, workdir, writer)
+                eval_seconds += time.time() - t_eval
     bar.close()
     ckpt.close()
-    train_minutes = (time.time() - t_loop) / 60
+    train_minutes = (time.time() - t_loop - eval_seconds) / 60
     if writer is not None:
         writer.close()
     _plot_loss(metrics_path, workdir / "loss.png")
@@ -207,15 +213,30 @@ def run(config, workdir: str | Path) -> dict:
     summary = {"steps": t.steps, "resumed_from": start, "train_minutes": round(train_minutes, 2),
                "params_M": round(n_params / 1e6, 3)}
     if config.sample.num_prompts > 0 and start < t.steps:
-        from vidjax.evaluate import evaluate_model
 
-        model_ema = parts.merge(ema)
-        report = evaluate_model(model_ema, config, vae, diffusion, tokenizer, out_dir=workdir / "samples")
+        report = _periodic_eval(parts.merge(ema), config, vae, diffusion, tokenizer, t.steps, train_minutes * 60,
+                                workdir, None, out_dir=workdir / "samples")
         summary["eval"] = report["summary"]
         print(_format_eval(report["summary"]), file=sys.stderr)
     summary["total_minutes"] = round((time.time() - t_start) / 60, 2)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _periodic_eval(model, config, vae, diffusion, tokenizer, step: int, train_seconds: float, workdir: Path,
+                   writer, out_dir: Path | None = None) -> dict:
+    """Sample and score the evaluation prompts; appends a row to ``eval_curve.jsonl``."""
+    from vidjax.evaluate import evaluate_model
+
+    report = evaluate_model(model, config, vae, diffusion, tokenizer, out_dir=out_dir)
+    row = {"step": step, "train_minutes": round(train_seconds / 60, 2), **report["summary"]}
+    with (workdir / "eval_curve.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    if writer is not None:
+        for k in ("colour", "shape", "motion", "all"):
+            writer.add_scalar(f"eval/{k}", report["summary"][k], step)
+    log.info("eval at step %d: %s", step, _format_eval(report["summary"]))
+    return report
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -287,5 +308,18 @@ def main(argv) -> None:
     print(json.dumps(summary))
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one-line errors (unknown config keys, bad values, missing files)."""
+    try:
+        rest = flags.FLAGS(argv)
+        _CONFIG.value.get("name")  # loads the config file now, so its errors surface here
+        return rest
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+        msg = str(e.args[0] if e.args else e).strip("'\"").replace("\\'", "'").replace("\\n", " ")
+        msg = " ".join(ln.strip() for ln in msg.replace("\\n", "\n").splitlines() if ln.strip())
+        print(f"vidjax.train: error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,47 @@
+"""The deterministic judge: right on ground truth, at chance on shuffled captions, one blob only."""
+
+import numpy as np
+import pytest
+
+from vidjax.data import shapes
+from vidjax.evaluate import CHANCE, detect, score
+
+
+@pytest.fixture(scope="module")
+def truth():
+    clips, targets = [], []
+    for i in range(96):
+        clip, spec = shapes.make_clip(11, i, 8, 32, 32)
+        clips.append(clip)
+        targets.append((spec.shape, spec.colour, spec.motion))
+    return clips, targets
+
+
+def test_ground_truth_scores_at_least_95(truth):
+    s = score(*truth)["summary"]
+    assert s["colour"] >= 0.95 and s["shape"] >= 0.95 and s["motion"] >= 0.95 and s["all"] >= 0.95, s
+
+
+def test_shuffled_captions_score_near_chance(truth):
+    clips, targets = truth
+    perm = np.random.default_rng(0).permutation(len(targets))
+    s = score(clips, [targets[i] for i in perm])["summary"]
+    for k in ("colour", "shape", "motion"):
+        assert s[k] <= CHANCE[k] + 0.2, (k, s)
+    assert s["all"] <= 0.15
+
+
+def test_largest_blob_wins_over_fragments():
+    clip, spec = shapes.make_clip(2, 0, 8, 32, 32)
+    noisy = clip.copy()
+    other = (255, 255, 255)
+    noisy[:, 0:2, 0:2] = other  # a small fragment in a corner
+    assert detect(noisy) == detect(clip) == {"colour": spec.colour, "shape": spec.shape, "motion": spec.motion}
+
+
+def test_static_or_empty_clips_never_count_as_motion():
+    clip, _ = shapes.make_clip(2, 1, 8, 32, 32)
+    still = np.repeat(clip[:1], 8, axis=0)
+    assert detect(still)["motion"] is None
+    blank = np.full_like(clip, 24)
+    assert detect(blank) == {"colour": None, "shape": None, "motion": None}

@@ -1,0 +1,130 @@
+"""The training entry point end to end: run, outputs, resume after SIGKILL, and one-line errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from configs.shapes_tiny import get_config
+from vidjax import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def quick_config(tmp_path, **over):
+    c = get_config("quick")
+    c.progress = False
+    c.data.root = str(tmp_path / "data")
+    for k, v in over.items():
+        sec, key = k.split(".")
+        c[sec][key] = v
+    return c
+
+
+def losses(workdir):
+    rows = [json.loads(ln) for ln in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def cli(*args, timeout=300):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    return subprocess.run([sys.executable, "-m", "vidjax.train", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """An uninterrupted 8-step run (checkpoints every 2 steps) that the resume test compares against."""
+    tmp = tmp_path_factory.mktemp("full")
+    c = quick_config(tmp, **{"train.steps": 8, "train.ckpt_every": 2})
+    summary = train.run(c, tmp / "work")
+    return tmp, c, summary
+
+
+def test_run_writes_everything(full_run):
+    tmp, _, summary = full_run
+    work = tmp / "work"
+    assert summary["steps"] == 8 and summary["resumed_from"] == 0
+    assert sorted(losses(work)) == list(range(1, 9))
+    assert all(np.isfinite(v) for v in losses(work).values())
+    samples = sorted((work / "samples").glob("*.mp4"))
+    assert len(samples) == 4 and (work / "samples" / "grid.png").stat().st_size > 0
+    assert (work / "loss.png").exists() and list((work / "tb").glob("events.*"))
+    ev = json.loads((work / "samples" / "eval_train.json").read_text())
+    assert ev["summary"]["n"] == 4 and set(ev["summary"]) >= {"colour", "shape", "motion", "all"}
+    assert (work / "checkpoints" / "8").is_dir()
+
+
+def test_sigkill_then_rerun_resumes_with_identical_losses(full_run, tmp_path):
+    _, c, _ = full_run
+    work = tmp_path / "work"
+    args = ["--config", "configs/shapes_tiny.py:quick", f"--workdir={work}", f"--config.data.root={c.data.root}",
+            "--config.train.steps=8", "--config.train.ckpt_every=2", "--config.progress=false"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    proc = subprocess.Popen([sys.executable, "-m", "vidjax.train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (work / "checkpoints" / "4").is_dir():  # a committed checkpoint, mid-run
+        assert proc.poll() is None, "training finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+    assert killed_at < 8
+
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming from checkpoint at step {killed_at}" in r.stderr
+    want, got = losses(full_run[0] / "work"), losses(work)
+    assert sorted(got) == list(range(1, 9))
+    for s in range(1, 9):
+        assert got[s] == pytest.approx(want[s], rel=1e-6, abs=1e-7), (s, got[s], want[s])
+
+
+def test_unknown_config_key_is_one_line():
+    r = cli("--config", "configs/shapes_tiny.py", "--config.train.stepz=3", timeout=120)
+    assert r.returncode == 2
+    assert "stepz" in r.stderr and "steps" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resolution_not_divisible_by_patch(tmp_path):
+    c = quick_config(tmp_path, **{"data.height": 30})
+    with pytest.raises(ValueError, match=r"not divisible by the patch size config.model.patch=\(2, 4, 4\)"):
+        train.run(c, tmp_path / "w")
+    r = cli("--config", "configs/shapes_tiny.py:quick", "--config.data.height=30", f"--workdir={tmp_path}/w2",
+            timeout=120)
+    assert r.returncode == 2 and "not divisible by the patch size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_video_in_caption_file(tmp_path):
+    cap = tmp_path / "captions.jsonl"
+    cap.write_text(json.dumps({"file": "nope.mp4", "captions": ["a red circle moving left"]}) + "\n")
+    r = cli("--config", "configs/shapes_tiny.py:quick", f"--config.data.captions={cap}", f"--workdir={tmp_path}/w",
+            timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "nope.mp4" in r.stderr and "does not exist" in r.stderr
+
+
+def test_corrupt_clip_skipped_training_continues(full_run, tmp_path):
+    _, c, _ = full_run
+    data = Path(c.data.root)
+    lines = (data / "captions.jsonl").read_text().splitlines()[:16]
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(b"not an mp4 at all")
+    rows = [json.loads(ln) for ln in lines]
+    for r in rows:
+        r["file"] = str(data / r["file"])
+    rows.append({"file": str(bad), "captions": ["a red square moving up"]})
+    cap = tmp_path / "captions.jsonl"
+    cap.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c2 = quick_config(tmp_path, **{"data.captions": str(cap), "train.steps": 2, "sample.num_prompts": 0})
+    summary = train.run(c2, tmp_path / "w")
+    assert summary["steps"] == 2
+    assert str(bad) in (tmp_path / "w" / "skipped_clips.txt").read_text()
