@@ -103,14 +103,19 @@ def register_attention(name: str):
 
 
 @register_attention("xla")
-def xla_attention(q: Array, k: Array, v: Array, *, axis: str = "spatial", mask: Array | None = None) -> Array:
+def xla_attention(q: Array, k: Array, v: Array, *, axis: str = "spatial", mask: Array | None = None,
+                  bias: Array | None = None, scale: float | None = None) -> Array:
     """Exact softmax attention on the native [B, T, S, H, D] layout; scores and softmax in float32.
 
-    This is the reference every other implementation is tested against.
+    This is the reference every other implementation is tested against. ``bias``: additive logits
+    [B or 1, H, N_q, N_k] over the attended axis (T5's relative position bias, a causal mask);
+    ``scale``: logit scale, default ``D ** -0.5`` (T5 uses 1.0).
     """
-    scale = q.shape[-1] ** -0.5
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     if axis == "spatial":
         logits = jnp.einsum("btqhd,btkhd->bthqk", q * scale, k, preferred_element_type=jnp.float32)
+        if bias is not None:
+            logits = logits + bias[:, None].astype(jnp.float32)
         if mask is not None:
             logits = jnp.where(mask[:, None, None, None, :], logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
@@ -119,19 +124,25 @@ def xla_attention(q: Array, k: Array, v: Array, *, axis: str = "spatial", mask: 
         if mask is not None:
             raise ValueError("temporal attention takes no key mask")
         logits = jnp.einsum("bqshd,bkshd->bshqk", q * scale, k, preferred_element_type=jnp.float32)
+        if bias is not None:
+            logits = logits + bias[:, None].astype(jnp.float32)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         return jnp.einsum("bshqk,bkshd->bqshd", probs, v)
     raise ValueError(f"axis={axis!r}; expected 'spatial' or 'temporal'")
 
 
 def attention(q: Array, k: Array, v: Array, *, axis: str = "spatial", mask: Array | None = None,
-              impl: str = "xla") -> Array:
-    """Dispatch to a registered implementation. q, k, v: [B, T, S, H, D] (k, v may have another S)."""
+              impl: str = "xla", bias: Array | None = None, scale: float | None = None) -> Array:
+    """Dispatch to a registered implementation. q, k, v: [B, T, S, H, D] (k, v may have another S).
+
+    ``bias`` [B or 1, H, N_q, N_k] and ``scale`` are passed on only when set (see ``xla_attention``).
+    """
     if impl not in ATTENTION_IMPLS:
         import vidjax.kernels  # noqa: F401  (registers the Pallas / cuDNN / auto implementations)
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"model.attention_impl={impl!r}; expected one of {sorted(ATTENTION_IMPLS)}")
-    return ATTENTION_IMPLS[impl](q, k, v, axis=axis, mask=mask)
+    extra = {name: val for name, val in (("bias", bias), ("scale", scale)) if val is not None}
+    return ATTENTION_IMPLS[impl](q, k, v, axis=axis, mask=mask, **extra)
 
 
 def apply_rope(x: Array, positions: Array, axis: int, theta: float = 1e4) -> Array:
@@ -327,7 +338,7 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int, scale: float = 1.0, base_size:
 
 def sincos_temporal(dim: int, length: int, scale: float = 1.0) -> np.ndarray:
     """[length, dim] temporal table from positions ``arange(length) / scale``."""
-    return sincos_1d(dim, np.arange(length, dtype=np.float32) / scale)
+    return sincos_1d(dim, np.arange(length) / scale)  # float64 positions, as Open-Sora's get_1d_sincos_pos_embed
 
 
 __all__ = [
