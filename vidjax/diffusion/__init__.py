@@ -6,14 +6,22 @@ Every objective offers::
     sample(model_fn, noise, cond, rng, *, steps, cfg_scale) -> x0
 
 so train and sample code never know which one is in use. ``build_diffusion(config)``
-picks it from ``config.diffusion.name``.
+picks it from ``config.diffusion.name``:
+
+- ``"iddpm"`` (Open-Sora v1.0/1.1): fields ``sampler`` ("ancestral" | "ddim"), ``ddim_eta``, ``learn_sigma``,
+  ``caption_dropout``, ``cfg_channels``; samples with 100 respaced steps by default.
+- ``"rflow"`` (v1.2): fields ``sample_method`` ("logit-normal" | "uniform"), ``use_timestep_transform``,
+  ``transform_hw``, ``vae_spatial``, ``transform_scale``, ``caption_dropout``, ``cfg_channels``; 30 Euler steps.
+
+``sample_steps`` and ``cfg_scale`` in the same ConfigDict are for the sample code (``build_diffusion`` drops them).
 """
 
 from __future__ import annotations
 
+from vidjax.diffusion.iddpm import IDDPM
 from vidjax.diffusion.rectified_flow import RectifiedFlow
 
-DIFFUSIONS = {"rflow": RectifiedFlow}
+DIFFUSIONS = {"iddpm": IDDPM, "rflow": RectifiedFlow}
 
 
 def build_diffusion(cfg):
@@ -24,6 +32,6 @@ def build_diffusion(cfg):
         raise ValueError(f"diffusion.name={name!r}; expected one of {sorted(DIFFUSIONS)}")
     kwargs.pop("sample_steps", None)
     kwargs.pop("cfg_scale", None)
-    if "transform_hw" in kwargs:
+    if kwargs.get("transform_hw") is not None:
         kwargs["transform_hw"] = tuple(kwargs["transform_hw"])
     return DIFFUSIONS[name](**kwargs)
