@@ -84,6 +84,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # after training: sample the evaluation prompts and score them
     c.sample = ConfigDict(dict(num_prompts=48, seed=0, fps=8, batch_size=48, eval_every=500))
 
+    if arg == "iddpm":  # Open-Sora v1.0's objective: eps + learned-range variance, ancestral sampling
+        c.name = "shapes_tiny_iddpm"
+        c.model.learn_sigma = True
+        c.diffusion = ConfigDict(dict(name="iddpm", learn_sigma=True, sampler="ancestral", caption_dropout=0.1,
+                                      sample_steps=100, cfg_scale=4.0))
     if arg == "quick":  # CI-sized smoke run: same code path, seconds instead of minutes
         c.name = "shapes_quick"
         c.train.steps, c.train.ckpt_every, c.train.log_every, c.train.warmup, c.train.batch_size = 6, 3, 1, 2, 8

@@ -33,13 +33,13 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def run(state, noise, ids, mask):
+    def run(state, noise, ids, mask, rng):
         # rebuild the module inside the model function: the sampler's loop traces it at its own
         # level, and NNX variables must be created at the level where they are used
         def model_fn(x, t, c, drop):
             return nnx.merge(graphdef, jax.tree.map(lambda v: v, state))(x, t, c, drop)
 
-        z = diffusion.sample(model_fn, noise, {"ids": ids, "mask": mask}, steps=steps, cfg_scale=cfg_scale)
+        z = diffusion.sample(model_fn, noise, {"ids": ids, "mask": mask}, rng, steps=steps, cfg_scale=cfg_scale)
         return vae.decode(z)
 
     out = []
@@ -50,7 +50,8 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
         ids, mask = tokenizer(chunk)
         noise = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.key(seed), i + j),
                                              (lt, lh, lw, vae.latent_channels)) for j in range(batch_size)])
-        video = run(state, noise, jnp.asarray(ids), jnp.asarray(mask))[:n]
+        rng = jax.random.fold_in(jax.random.key(seed + 1), i)  # the ancestral sampler's per-step noise
+        video = run(state, noise, jnp.asarray(ids), jnp.asarray(mask), rng)[:n]
         out.append(np.asarray(jnp.clip((video + 1) * 127.5, 0, 255).round().astype(jnp.uint8)))
     return np.concatenate(out)
 

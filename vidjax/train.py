@@ -49,6 +49,10 @@ def check_config(config) -> None:
     if d.height % ph or d.width % pw or d.frames % pt:
         raise ValueError(f"data size {d.frames}×{d.height}×{d.width} (config.data.frames/height/width) is not "
                          f"divisible by the patch size config.model.patch={tuple(m.patch)}")
+    dif = config.diffusion
+    if dif.name == "iddpm" and dif.get("learn_sigma", True) != m.learn_sigma:
+        raise ValueError(f"config.diffusion.learn_sigma={dif.get('learn_sigma', True)} but "
+                         f"config.model.learn_sigma={m.learn_sigma}: they must agree")
     if m.hidden % m.heads:
         raise ValueError(f"config.model.hidden={m.hidden} is not divisible by config.model.heads={m.heads}")
 
