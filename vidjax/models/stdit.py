@@ -4,17 +4,22 @@ Each block runs, on tokens ``x: [B, T, S, C]``:
   1. spatial self-attention within each frame   (``(B T) S C``), adaLN-modulated, gated by ``g1``;
   2. temporal self-attention at each position    (``(B S) T C``), no norm, no modulation,
      re-using ``g1``; its output projection starts at zero, so an image model loads as-is;
-  3. cross-attention from all tokens to the caption (``B (T S) C``), ungated;
+     the temporal position embedding is added to its input in block 0 only;
+  3. cross-attention from all tokens to the caption (``B (T S) C``), ungated; the caption
+     mask is a dense key mask, equivalent to xformers' block-diagonal packing;
   4. an adaLN-modulated MLP, gated by ``g2``.
-The timestep drives modulation through one shared ``t_block`` (adaLN-single).
-Optional STDiT3 features: RMS qk-norm and temporal RoPE.
+The timestep drives modulation through one shared ``t_block`` (adaLN-single); the final
+layer is modulated by ``t`` itself, not by ``t_block(t)``.
+Optional STDiT3 features (Open-Sora v1.2): RMS qk-norm, temporal RoPE, fps conditioning.
 
-Sections: (1) config and named sizes, (2) block, (3) final layer, (4) the model.
+Sections: (1) config and named sizes, (2) pieces shared with the DiT baselines (block
+stacking, adaLN chunks, final layer, unpatchify), (3) the STDiT block, (4) the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -42,10 +47,17 @@ from vidjax.models.layers import (
 )
 
 Array = jax.Array
+ACT = ("batch", "frames", "tokens", "act_embed")
 
 # --------------------------------------------------------------------------------------
 # 1. Config and named sizes
 # --------------------------------------------------------------------------------------
+
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "full": None,  # save nothing inside a block: recompute all of it in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep the weight matmuls
+}
+FREEZE_OPTIONS = ("not_temporal", "text")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,15 +71,25 @@ class STDiTConfig:
     learn_sigma: bool = True  # out_channels = 2 * in_channels (eps + variance interpolation)
     caption_channels: int = 4096
     model_max_length: int = 120
-    space_scale: float = 1.0
-    time_scale: float = 1.0
-    # STDiT3 options
-    qk_norm: bool = False
-    temporal_rope: bool = False
+    space_scale: float = 1.0  # 0.5 at 256px, 1.0 at 512px
+    time_scale: float = 1.0  # 1.0 at 16 frames, 2/3 at 64 frames
+    freeze: str | None = None  # None | "not_temporal" (train attn_temp only) | "text" (freeze cross_attn)
+    # STDiT3 options (reference §2), all off in Open-Sora v1.0
+    qk_norm: bool = False  # RMSNorm on q and k (eps 1e-6), before RoPE
+    temporal_rope: bool = False  # interleaved-pair RoPE, theta 1e4, on temporal attention
+    fps_conditioning: bool = False  # t += fps_embedder(fps)
     # numerics and memory
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: str = "none"  # none | full | dots
     attention_impl: str = "xla"
+
+    def __post_init__(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"model.hidden={self.hidden} is not divisible by model.heads={self.heads}")
+        if self.remat != "none" and self.remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat={self.remat!r}; expected none, full or dots")
+        if self.freeze_mode not in (None, *FREEZE_OPTIONS):
+            raise ValueError(f"model.freeze={self.freeze!r}; expected none, not_temporal or text")
 
     @property
     def out_channels(self) -> int:
@@ -76,6 +98,10 @@ class STDiTConfig:
     @property
     def compute_dtype(self):
         return jnp.dtype(self.dtype)
+
+    @property
+    def freeze_mode(self) -> str | None:
+        return None if self.freeze in (None, "", "none") else self.freeze
 
 
 STDIT_SIZES: dict[str, dict[str, Any]] = {
@@ -86,7 +112,9 @@ STDIT_SIZES: dict[str, dict[str, Any]] = {
 
 
 def stdit_config(size: str | None = None, **overrides) -> STDiTConfig:
-    """``stdit_config("STDiT-XL/2", in_channels=4)``; ``size=None`` gives the defaults (XL/2)."""
+    """``stdit_config("STDiT-XL/2", space_scale=0.5)``; ``size=None`` gives the defaults (XL/2)."""
+    if size is not None and size not in STDIT_SIZES:
+        raise ValueError(f"model.size={size!r}; expected one of {sorted(STDIT_SIZES)}")
     base = {} if size is None else dict(STDIT_SIZES[size])
     base.update(overrides)
     if "patch" in base:
@@ -94,64 +122,70 @@ def stdit_config(size: str | None = None, **overrides) -> STDiTConfig:
     return STDiTConfig(**base)
 
 
-REMAT_POLICIES = {
-    "full": None,  # save nothing inside a block
-    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
+def trainable_filter(freeze: str | None = None) -> nnx.filterlib.Filter:
+    """The nnx filter of trained parameters (Open-Sora ``freeze_not_temporal`` / ``freeze_text``).
 
-# --------------------------------------------------------------------------------------
-# 2. Block
-# --------------------------------------------------------------------------------------
+    Buffers (``y_embedding``) are never trained. ``"text"`` freezes ``cross_attn``, as in v1.0.
+    """
+    if freeze in (None, "", "none"):
+        return nnx.Param
+    if freeze == "not_temporal":
+        return nnx.All(nnx.Param, nnx.PathContains("attn_temp"))
+    if freeze == "text":
+        return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("cross_attn")))
+    raise ValueError(f"model.freeze={freeze!r}; expected none, not_temporal or text")
 
 
-class STDiTBlock(nnx.Module):
-    """One STDiT block. x: [B, T, S, C], y: [B, L, C], mask: [B, L], t0: [B, 6C], tpe: [T, C]."""
-
-    def __init__(self, cfg: STDiTConfig, rngs: nnx.Rngs):
-        C, kw = cfg.hidden, dict(dtype=cfg.compute_dtype)
-        self.hidden = C
-        self.attn = SelfAttention(C, cfg.heads, rngs, axis="spatial", qk_norm=cfg.qk_norm,
-                                  impl=cfg.attention_impl, **kw)
-        self.attn_temp = SelfAttention(C, cfg.heads, rngs, axis="temporal", qk_norm=cfg.qk_norm,
-                                       rope=cfg.temporal_rope, impl=cfg.attention_impl, **kw)
-        # zero-initialised temporal projection: at init the block is PixArt applied per frame
-        self.attn_temp.proj.kernel[...] = jnp.zeros_like(self.attn_temp.proj.kernel[...])
-        self.cross_attn = CrossAttention(C, cfg.heads, rngs, impl=cfg.attention_impl, **kw)
-        self.mlp = Mlp(C, int(C * cfg.mlp_ratio), C, rngs, **kw)
-        table = jax.random.normal(rngs.params(), (6, C)) / C**0.5
-        self.scale_shift_table = nnx.Param(table, sharding=(None, "embed"))
-
-    def __call__(self, x: Array, y: Array, mask: Array, t0: Array, tpe: Array) -> Array:
-        T = x.shape[1]
-        mod = self.scale_shift_table[...][None].astype(x.dtype) + rearrange(t0, "b (six c) -> b six c", six=6)
-        sh1, sc1, g1, sh2, sc2, g2 = (rearrange(m, "b c -> b 1 1 c") for m in jnp.moveaxis(mod, 1, 0))
-
-        # spatial attention within each frame
-        x = x + g1 * self.attn(modulate(layer_norm(x), sh1, sc1))
-        x = constrain(x, ("batch", "frames", "tokens", "act_embed"))
-
-        # temporal attention at each position: raw residual, temporal pos-emb only in block 0
-        x = x + g1 * self.attn_temp(x + rearrange(tpe, "t c -> 1 t 1 c"))
-        x = constrain(x, ("batch", "frames", "tokens", "act_embed"))
-
-        # cross-attention to the caption, over all tokens of the clip
-        h = self.cross_attn(rearrange(x, "b t s c -> b (t s) c"), y, mask)
-        x = x + rearrange(h, "b (t s) c -> b t s c", t=T)
-
-        # MLP
-        x = x + g2 * self.mlp(modulate(layer_norm(x), sh2, sc2))
-        return constrain(x, ("batch", "frames", "tokens", "act_embed"))
+def count_params(model: nnx.Module, filter: nnx.filterlib.Filter = nnx.Param) -> int:
+    """Parameters selected by ``filter`` (default all ``nnx.Param``; buffers are not counted)."""
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, filter)))
 
 
 # --------------------------------------------------------------------------------------
-# 3. Final layer
+# 2. Pieces shared with the DiT baselines (vidjax.models.dit)
 # --------------------------------------------------------------------------------------
+
+
+def stack_blocks(make: Callable[[nnx.Rngs], nnx.Module], depth: int, rngs: nnx.Rngs) -> nnx.Module:
+    """``depth`` blocks built by ``make`` with their parameters stacked on a leading ``layers`` axis."""
+
+    @nnx.split_rngs(splits=depth)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def build(rngs: nnx.Rngs) -> nnx.Module:
+        return make(rngs)
+
+    return build(rngs)
+
+
+def scan_blocks(blocks: nnx.Module, x: Array, step: Callable, depth: int, remat: str) -> Array:
+    """``x = step(block_i, x, i)`` for i < depth, as one ``nnx.scan`` (optionally ``nnx.remat``-ed).
+
+    One block is traced and compiled whatever the depth.
+    """
+
+    def body(x, block, i):
+        return step(block, x, i), None
+
+    if remat != "none":
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat={remat!r}; expected none, full or dots")
+        body = nnx.remat(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    x, _ = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(x, blocks, jnp.arange(depth))
+    return x
+
+
+def adaln_chunks(mod: Array, n: int) -> tuple[Array, ...]:
+    """mod: [B, n·C] or [B, n, C] -> n arrays [B, 1, 1, C] (shift, scale, gate, ...)."""
+    if mod.ndim == 2:
+        mod = rearrange(mod, "b (n c) -> b n c", n=n)
+    return tuple(rearrange(m, "b c -> b 1 1 c") for m in jnp.moveaxis(mod, 1, 0))
 
 
 class FinalLayer(nnx.Module):
-    """LayerNorm, modulation by ``t`` (not ``t0``), and a zero-initialised linear to patch values.
+    """LayerNorm, modulation by a conditioning vector, and a zero-initialised linear to patch values.
 
-    x: [B, T, S, C], t: [B, C] -> [B, T, S, pt·ph·pw·C_out].
+    x: [B, T, S, C], c: [B, C] (STDiT: ``t``, not ``t0``) -> [B, T, S, pt·ph·pw·C_out].
+    ``scale_shift_table`` [2, C] holds (shift, scale) offsets, as in PixArt's ``T2IFinalLayer``.
     """
 
     def __init__(self, hidden: int, patch_values: int, rngs: nnx.Rngs, *, dtype=None):
@@ -159,10 +193,66 @@ class FinalLayer(nnx.Module):
                                            sharding=(None, "embed"))
         self.linear = linear(hidden, patch_values, ("embed", None), rngs, init=zeros, dtype=dtype)
 
-    def __call__(self, x: Array, t: Array) -> Array:
-        mod = self.scale_shift_table[...][None].astype(x.dtype) + t[:, None]  # [B, 2, C]
-        shift, scale = rearrange(mod[:, 0], "b c -> b 1 1 c"), rearrange(mod[:, 1], "b c -> b 1 1 c")
+    def __call__(self, x: Array, c: Array) -> Array:
+        shift, scale = adaln_chunks(self.scale_shift_table[...][None].astype(x.dtype) + c[:, None], 2)
         return self.linear(modulate(layer_norm(x), shift, scale))
+
+
+def unpatchify(x: Array, patch: tuple[int, int, int], grid_h: int) -> Array:
+    """[B, T', S, (pt ph pw c)] -> [B, T'·pt, H'·ph, W'·pw, c] in float32."""
+    pt, ph, pw = patch
+    x = rearrange(x, "b t (h w) (pt ph pw c) -> b (t pt) (h ph) (w pw) c", h=grid_h, pt=pt, ph=ph, pw=pw)
+    return x.astype(jnp.float32)
+
+
+def patch_grid(shape: tuple[int, ...], patch: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(T', H', W') for an input [B, T, H, W, C]; the sizes must be multiples of the patch."""
+    _, T, H, W, _ = shape
+    pt, ph, pw = patch
+    if T % pt or H % ph or W % pw:
+        raise ValueError(f"input of {T} frames × {H}×{W} is not divisible by the patch size {tuple(patch)}")
+    return T // pt, H // ph, W // pw
+
+
+# --------------------------------------------------------------------------------------
+# 3. The STDiT block
+# --------------------------------------------------------------------------------------
+
+
+class STDiTBlock(nnx.Module):
+    """One STDiT block. x: [B, T, S, C], y: [B, L, C], mask: [B, L] | None, t0: [B, 6C], tpe: [T, C]."""
+
+    def __init__(self, cfg: STDiTConfig, rngs: nnx.Rngs):
+        C, kw = cfg.hidden, dict(dtype=cfg.compute_dtype, impl=cfg.attention_impl)
+        self.attn = SelfAttention(C, cfg.heads, rngs, axis="spatial", qk_norm=cfg.qk_norm, **kw)
+        self.attn_temp = SelfAttention(C, cfg.heads, rngs, axis="temporal", qk_norm=cfg.qk_norm,
+                                       rope=cfg.temporal_rope, **kw)
+        self.cross_attn = CrossAttention(C, cfg.heads, rngs, **kw)  # proj zero-initialised
+        self.mlp = Mlp(C, int(C * cfg.mlp_ratio), C, rngs, dtype=cfg.compute_dtype)
+        self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (6, C)) / C**0.5, sharding=(None, "embed"))
+        # temporal zero-init (Open-Sora initialize_temporal): at init the block is PixArt applied per frame
+        self.attn_temp.proj.kernel[...] = jnp.zeros_like(self.attn_temp.proj.kernel[...])
+
+    def __call__(self, x: Array, y: Array, mask: Array | None, t0: Array, tpe: Array) -> Array:
+        T = x.shape[1]
+        mod = self.scale_shift_table[...][None].astype(x.dtype) + rearrange(t0, "b (six c) -> b six c", six=6)
+        sh1, sc1, g1, sh2, sc2, g2 = adaln_chunks(mod, 6)  # each [B, 1, 1, C]
+
+        # spatial attention within each frame
+        x = x + g1 * self.attn(modulate(layer_norm(x), sh1, sc1))  # [B, T, S, C]
+        x = constrain(x, ACT)
+
+        # temporal attention at each position: raw residual, no norm, no modulation, re-uses g1
+        x = x + g1 * self.attn_temp(x + rearrange(tpe, "t c -> 1 t 1 c"))  # [B, T, S, C]
+        x = constrain(x, ACT)
+
+        # cross-attention to the caption, over all tokens of the clip, ungated
+        h = self.cross_attn(rearrange(x, "b t s c -> b (t s) c"), y, mask)  # [B, T·S, C]
+        x = x + rearrange(h, "b (t s) c -> b t s c", t=T)
+
+        # MLP
+        x = x + g2 * self.mlp(modulate(layer_norm(x), sh2, sc2))
+        return constrain(x, ACT)
 
 
 # --------------------------------------------------------------------------------------
@@ -174,9 +264,14 @@ class STDiT(nnx.Module):
     """Open-Sora v1.0 STDiT.
 
     x: [B, T, H, W, C_in] (channels last), t: [B] on the 0..1000 scale,
-    y: [B, L, C_text] caption states, mask: [B, L] (True = real token),
-    drop: [B] bool (replace the caption by the null ``y_embedding``) or None.
+    y: [B, L, C_text] caption states, mask: [B, L] (True = real token) or None (all real),
+    drop: [B] bool (replace the caption by the null ``y_embedding``) or None,
+    fps: [B] (only with ``fps_conditioning``).
     Returns [B, T, H, W, C_out] in float32.
+
+    Parameter names follow Open-Sora's state_dict (``vidjax.interop`` holds the exact map).
+    The ``pos_embed`` / ``pos_embed_temporal`` buffers are not stored: they are recomputed
+    for the grid of each input, as Open-Sora does when it loads a checkpoint.
     """
 
     def __init__(self, cfg: STDiTConfig, *, rngs: nnx.Rngs):
@@ -186,59 +281,55 @@ class STDiT(nnx.Module):
         self.t_embedder = TimestepEmbedder(C, rngs, dtype=dt)
         self.t_block = linear(C, 6 * C, ("embed", "mlp"), rngs, init=normal02, dtype=dt)  # Sequential(SiLU, Linear)
         self.y_embedder = CaptionEmbedder(cfg.caption_channels, C, cfg.model_max_length, rngs, dtype=dt)
-
-        @nnx.split_rngs(splits=cfg.depth)
-        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def make_blocks(rngs: nnx.Rngs) -> STDiTBlock:
-            return STDiTBlock(cfg, rngs)
-
-        self.blocks = make_blocks(rngs)
+        self.fps_embedder = TimestepEmbedder(C, rngs, dtype=dt) if cfg.fps_conditioning else None
+        if self.fps_embedder is not None:  # STDiT3: the fps branch starts at zero
+            for p in (self.fps_embedder.mlp.fc2.kernel, self.fps_embedder.mlp.fc2.bias):
+                p[...] = jnp.zeros_like(p[...])
+        self.blocks = stack_blocks(lambda r: STDiTBlock(cfg, r), cfg.depth, rngs)
         self.final_layer = FinalLayer(C, int(np.prod(cfg.patch)) * cfg.out_channels, rngs, dtype=dt)
 
-    # fixed position tables, recomputed for whatever grid the input has
+    # fixed position tables (float64 numpy, MAE convention), recomputed for the input's grid
     def pos_embed(self, grid_h: int, grid_w: int) -> np.ndarray:
+        """[H'·W', C]; the first C/2 channels encode the column w."""
         return sincos_2d(self.cfg.hidden, grid_h, grid_w, scale=self.cfg.space_scale).astype(np.float32)
 
     def pos_embed_temporal(self, frames: int) -> np.ndarray:
+        """[T', C] from positions ``arange(T') / time_scale``."""
         return sincos_temporal(self.cfg.hidden, frames, scale=self.cfg.time_scale).astype(np.float32)
 
-    def __call__(self, x: Array, t: Array, y: Array, mask: Array, drop: Array | None = None) -> Array:
+    def trainable(self) -> nnx.filterlib.Filter:
+        """Filter of the parameters to optimise under ``cfg.freeze``."""
+        return trainable_filter(self.cfg.freeze)
+
+    def __call__(self, x: Array, t: Array, y: Array, mask: Array | None = None, drop: Array | None = None,
+                 fps: Array | None = None) -> Array:
         cfg, dt = self.cfg, self.cfg.compute_dtype
-        B, T, H, W, _ = x.shape
-        pt, ph, pw = cfg.patch
-        if T % pt or H % ph or W % pw:
-            raise ValueError(f"input of {T} frames × {H}×{W} is not divisible by the patch size {cfg.patch}")
-        gt, gh, gw = T // pt, H // ph, W // pw
+        gt, gh, gw = patch_grid(x.shape, cfg.patch)
 
         x = self.x_embedder(x.astype(dt))  # [B, T', S, C]
         x = x + jnp.asarray(self.pos_embed(gh, gw), dt)[None, None]
-        x = constrain(x, ("batch", "frames", "tokens", "act_embed"))
+        x = constrain(x, ACT)
 
-        t = self.t_embedder(t.astype(dt))  # [B, C]
+        t = self.t_embedder(t.astype(dt))  # [B, C]; the timestep is rounded to the model dtype first
+        if self.fps_embedder is not None:
+            if fps is None:
+                raise ValueError("model.fps_conditioning=True: pass fps [B] to the model")
+            t = t + self.fps_embedder(jnp.asarray(fps, jnp.float32))
         t0 = self.t_block(jax.nn.silu(t))  # [B, 6C]
         y = self.y_embedder(y.astype(dt), drop)  # [B, L, C]
-        mask = mask.astype(bool)
+        mask = None if mask is None else mask.astype(bool)
 
-        tpe = jnp.asarray(self.pos_embed_temporal(gt), dt)
-        first = jnp.arange(cfg.depth) == 0  # temporal pos-emb goes into block 0 only
+        tpe = jnp.asarray(self.pos_embed_temporal(gt), dt)  # [T', C]
 
-        def body(x, block: STDiTBlock, is_first):
-            return block(x, y, mask, t0, tpe * is_first.astype(dt)), None
+        def step(block: STDiTBlock, x: Array, i: Array) -> Array:
+            return block(x, y, mask, t0, tpe * (i == 0).astype(dt))  # temporal pos-emb in block 0 only
 
-        if cfg.remat != "none":
-            if cfg.remat not in REMAT_POLICIES:
-                raise ValueError(f"model.remat={cfg.remat!r}; expected none, full or dots")
-            body = nnx.remat(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        x, _ = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(x, self.blocks, first)
-
-        x = self.final_layer(x, t)  # [B, T', S, pt·ph·pw·C_out]
-        x = rearrange(x, "b t (h w) (pt ph pw c) -> b (t pt) (h ph) (w pw) c", h=gh, pt=pt, ph=ph, pw=pw)
-        return x.astype(jnp.float32)
+        x = scan_blocks(self.blocks, x, step, cfg.depth, cfg.remat)  # [B, T', S, C]
+        x = self.final_layer(x, t)  # [B, T', S, pt·ph·pw·C_out], modulated by t, not t0
+        return unpatchify(x, cfg.patch, gh)
 
 
-def count_params(model: nnx.Module) -> int:
-    """Trainable parameters (``nnx.Param``); buffers such as ``y_embedding`` are not counted."""
-    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
-__all__ = ["STDiT", "STDiTBlock", "STDiTConfig", "STDIT_SIZES", "stdit_config", "count_params", "Buffer"]
+__all__ = [
+    "STDiT", "STDiTBlock", "STDiTConfig", "STDIT_SIZES", "stdit_config", "count_params", "trainable_filter",
+    "FinalLayer", "stack_blocks", "scan_blocks", "adaln_chunks", "unpatchify", "patch_grid", "Buffer",
+]

@@ -1,0 +1,227 @@
+"""STDiT (Open-Sora v1.0 semantics) and the full-attention DiT baselines.
+
+Numerical parity with a PyTorch reference lives in test_interop.py; here: sizes, program
+structure (scan, remat), freezing, the quirks that hold at initialisation, bf16, masking,
+and the DiT conditionings. Batches are built so one forward pass answers several questions
+(samples do not interact).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from einops import rearrange
+from flax import nnx
+
+from vidjax.models import dit as dit_module
+from vidjax.models.dit import CONDITIONINGS, DiT, dit_config
+from vidjax.models.layers import CrossAttention, SelfAttention
+from vidjax.models.stdit import STDIT_SIZES, FinalLayer, STDiT, count_params, stdit_config, trainable_filter
+
+TINY = dict(depth=2, hidden=64, heads=4, caption_channels=32, model_max_length=8)
+L = TINY["model_max_length"]
+
+
+def randomize(model: nnx.Module, seed: int) -> nnx.Module:
+    """Make every parameter non-trivial (zero-initialised gates, projections and biases included)."""
+    rng = np.random.default_rng(seed)
+    for _, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.Param):
+            v = np.asarray(var.get_value())
+            var.set_value(jnp.asarray(v + rng.normal(0, 0.05, v.shape).astype(v.dtype)))
+    return model
+
+
+def batch(b: int = 4, frames: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(b, frames, 8, 12, 4)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(b, L, TINY["caption_channels"])), jnp.float32)
+    mask = jnp.arange(L)[None].repeat(b, 0) < 5  # tokens 5.. are padding
+    return x, jnp.full((b,), 321.0), y, mask
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(graphdef, state, x, t, y, mask, drop):
+    return nnx.merge(graphdef, state)(x, t, y, mask, drop)
+
+
+def run(model: nnx.Module, x, t, y, mask, drop=None) -> np.ndarray:
+    """Jitted forward, compiled once per (model structure, input shapes)."""
+    graphdef, state = nnx.split(model)
+    return np.asarray(_apply(graphdef, state, x, t, y, mask, jnp.zeros(x.shape[0], bool) if drop is None else drop))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> STDiT:
+    return randomize(STDiT(stdit_config(**TINY), rngs=nnx.Rngs(0)), seed=0)
+
+
+def abstract_program(depth: int = 2, **kw) -> str:
+    """The jaxpr of a training gradient, from an abstract model (nothing allocated or compiled)."""
+    model = nnx.eval_shape(lambda: STDiT(stdit_config(**{**TINY, "depth": depth}, **kw), rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    x, t, y, mask = batch(2)
+
+    def loss(state):
+        return jnp.sum(nnx.merge(graphdef, state)(x, t, y, mask) ** 2)
+
+    return str(jax.make_jaxpr(jax.grad(loss))(state))
+
+
+# --------------------------------------------------------------------------------------
+# Sizes
+# --------------------------------------------------------------------------------------
+
+
+def test_named_sizes_and_xl2_traces():
+    assert set(STDIT_SIZES) == {"STDiT-XL/2", "STDiT-B/2", "STDiT-S/2"}
+    cfg = stdit_config("STDiT-XL/2")
+    assert (cfg.depth, cfg.hidden, cfg.heads, cfg.patch, cfg.in_channels, cfg.out_channels,
+            cfg.caption_channels, cfg.model_max_length) == (28, 1152, 16, (1, 2, 2), 4, 8, 4096, 120)
+    model = nnx.eval_shape(lambda: STDiT(cfg, rngs=nnx.Rngs(0)))
+    assert count_params(model) == 759_620_768
+    assert count_params(model, trainable_filter("not_temporal")) == 28 * (1152 * 3456 + 3456 + 1152**2 + 1152)
+    # the whole XL/2 forward traces abstractly (one block, thanks to scan)
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct((1, 2, 8, 8, 4), jnp.float32)
+    y = jax.ShapeDtypeStruct((1, 120, 4096), jnp.float32)
+    out = jax.eval_shape(lambda s, x, y: nnx.merge(graphdef, s)(x, jnp.ones(1), y, jnp.ones((1, 120), bool)),
+                         state, x, y)
+    assert out.shape == (1, 2, 8, 8, 8) and out.dtype == jnp.float32
+    small = nnx.eval_shape(lambda: STDiT(stdit_config("STDiT-S/2"), rngs=nnx.Rngs(0)))
+    base = nnx.eval_shape(lambda: STDiT(stdit_config("STDiT-B/2"), rngs=nnx.Rngs(0)))
+    assert count_params(small) < count_params(base) < 759_620_768
+    with pytest.raises(ValueError, match="model.size"):
+        stdit_config("STDiT-XXL/2")
+
+
+# --------------------------------------------------------------------------------------
+# Program structure: scan over depth, remat policy
+# --------------------------------------------------------------------------------------
+
+
+def test_program_does_not_grow_with_depth():
+    two, six = abstract_program(depth=2), abstract_program(depth=6)
+    assert two.count("\n") == six.count("\n") and "scan[" in two
+
+
+def test_remat_policy_from_config():
+    none, full, dots = abstract_program(), abstract_program(remat="full"), abstract_program(remat="dots")
+    assert "remat2[" not in none
+    assert "remat2[" in full and "policy=None" in full
+    assert "remat2[" in dots and "DotsSaveable(only_if_no_batch_dims=True)" in dots
+    with pytest.raises(ValueError, match="remat"):
+        stdit_config(**TINY, remat="some")
+
+
+# --------------------------------------------------------------------------------------
+# Freezing
+# --------------------------------------------------------------------------------------
+
+
+def test_freeze_options():
+    model = nnx.eval_shape(lambda: STDiT(stdit_config(**TINY, freeze="not_temporal"), rngs=nnx.Rngs(0)))
+    paths = [p for p, _ in nnx.to_flat_state(nnx.state(model, model.trainable()))]
+    assert paths and all("attn_temp" in p for p in paths)
+    assert len(paths) == 4  # qkv and proj, kernel and bias (stacked over depth)
+    text = [p for p, _ in nnx.to_flat_state(nnx.state(model, trainable_filter("text")))]
+    everything = [p for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+    assert not any("cross_attn" in p for p in text) and len(everything) - len(text) == 6
+    assert not any("y_embedding" in p for p in everything)  # the null caption is a buffer
+    with pytest.raises(ValueError, match="freeze"):
+        stdit_config(**TINY, freeze="spatial")
+
+
+# --------------------------------------------------------------------------------------
+# Behaviour
+# --------------------------------------------------------------------------------------
+
+
+def test_zero_temporal_projection_makes_an_image_model_per_frame(tiny):
+    """With attn_temp.proj = 0 (its init), frames do not interact: the model is PixArt per frame."""
+    model = nnx.clone(tiny)
+    for p in (model.blocks.attn_temp.proj.kernel, model.blocks.attn_temp.proj.bias):
+        p[...] = jnp.zeros_like(p[...])
+    x, t, y, mask = batch()
+    clip = run(model, x, t, y, mask)  # [4, 4 frames, ...]
+    frames = run(model, rearrange(x, "b t h w c -> (b t) 1 h w c"), t.repeat(4), y.repeat(4, 0), mask.repeat(4, 0))
+    np.testing.assert_allclose(rearrange(frames, "(b t) 1 h w c -> b t h w c", t=4), clip, atol=1e-5)
+    assert not np.allclose(run(tiny, x, t, y, mask), clip, atol=1e-3)  # and the temporal branch does act
+
+
+def test_caption_mask_padding_and_null_caption(tiny):
+    x, t, y, mask = batch()
+    x, t, y, mask = x[:1].repeat(4, 0), t, y[:1], mask
+    rng = np.random.default_rng(1)
+    ys = jnp.concatenate([y, y.at[:, 6].set(rng.normal(size=y.shape[-1])),  # change a padding token
+                          y.at[:, 2].set(rng.normal(size=y.shape[-1])),  # change a real token
+                          tiny.y_embedder.y_embedding[...][None]])  # the null caption, given explicitly
+    out = run(tiny, x, t, ys, mask)
+    np.testing.assert_allclose(out[1], out[0], atol=1e-6)
+    assert not np.allclose(out[2], out[0], atol=1e-4)
+    dropped = run(tiny, x, t, y.repeat(4, 0), mask, jnp.array([False, False, False, True]))  # drop -> y_embedding
+    np.testing.assert_allclose(dropped[3], out[3], atol=1e-6)
+    np.testing.assert_allclose(dropped[0], out[0], atol=1e-6)
+
+
+def test_bf16_compute_keeps_fp32_params_and_rounds_the_timestep(tiny):
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: STDiT(stdit_config(**TINY, dtype="bfloat16"), rngs=nnx.Rngs(0))))
+    model = nnx.merge(graphdef, nnx.state(tiny))  # tiny's weights, bf16 compute
+    assert {v.dtype for v in jax.tree.leaves(nnx.state(model))} == {jnp.dtype(jnp.float32)}
+    x, _, y, mask = batch()
+    x, y = x[:1].repeat(4, 0), y[:1].repeat(4, 0)
+    t = jnp.array([999.0, 1000.0, 500.0, 20.0])  # 999 and 1000 are both 1000 in bf16 (`timestep.to(dtype)`)
+    low, full = run(model, x, t, y, mask), run(tiny, x, t, y, mask)
+    assert low.dtype == np.float32
+    np.testing.assert_array_equal(low[0], low[1])
+    assert not np.allclose(full[0], full[1], atol=1e-6)
+    assert float(np.abs(low - full).max() / np.abs(full).max()) < 5e-2
+
+
+def test_fps_and_input_errors(tiny):
+    model = nnx.eval_shape(lambda: STDiT(stdit_config(**TINY, fps_conditioning=True), rngs=nnx.Rngs(0)))
+    x, t, y, mask = batch(1)
+    graphdef, state = nnx.split(model)
+    with pytest.raises(ValueError, match="fps"):
+        jax.eval_shape(lambda s: nnx.merge(graphdef, s)(x, t, y, mask), state)
+    assert float(jnp.abs(STDiT(stdit_config(**TINY, fps_conditioning=True), rngs=nnx.Rngs(0))
+                         .fps_embedder.mlp.fc2.kernel[...]).max()) == 0  # fps branch starts at zero
+    with pytest.raises(ValueError, match="not divisible by the patch"):
+        tiny(x[:, :, :7], t, y, mask)
+
+
+# --------------------------------------------------------------------------------------
+# DiT baselines
+# --------------------------------------------------------------------------------------
+
+
+def test_dit_shares_stdit_parts():
+    source = inspect.getsource(dit_module)
+    assert "softmax" not in source and "einsum" not in source  # no second attention
+    model = nnx.eval_shape(lambda: DiT(dit_config(**TINY, conditioning="cross-attn"), rngs=nnx.Rngs(0)))
+    assert isinstance(model.blocks.attn, SelfAttention) and isinstance(model.blocks.cross_attn, CrossAttention)
+    assert isinstance(model.final_layer, FinalLayer)
+    with pytest.raises(ValueError, match="conditioning"):
+        dit_config(**TINY, conditioning="film")
+    with pytest.raises(ValueError, match="temporal"):
+        dit_config(**TINY, temporal_rope=True)
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_dit_conditionings(conditioning):
+    model = randomize(DiT(dit_config(**TINY, conditioning=conditioning), rngs=nnx.Rngs(0)), seed=1)
+    x, t, y, mask = batch()
+    x, y = x[:1], y[:1]
+    noise = jnp.asarray(np.random.default_rng(2).normal(size=y.shape[-1]), jnp.float32)
+    xs = jnp.concatenate([x, x, x, x.at[:, 0, 0, 0].add(1.0)])  # sample 3: one pixel of frame 0 changed
+    ys = jnp.concatenate([y, y.at[:, 6].set(noise), y.at[:, 2].set(noise), y])  # padding / real token changed
+    out = run(model, xs, t, ys, mask)
+    assert out.shape == (4, 4, 8, 12, 8) and out.dtype == np.float32
+    np.testing.assert_allclose(out[1], out[0], atol=1e-6)  # caption padding is ignored
+    assert not np.allclose(out[2], out[0], atol=1e-4)  # the caption conditions the video
+    assert not np.allclose(out[3, -1], out[0, -1], atol=1e-5)  # full attention: frame 0 reaches the last frame
