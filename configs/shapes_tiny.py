@@ -53,6 +53,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         dtype="float32",
         remat="none",
         attention_impl="xla",
+        freeze="",  # "" | not_temporal | text
     ))
 
     # objective and sampler
@@ -79,6 +80,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
         log_every=20,
         ckpt_every=250,
         keep_checkpoints=2,
+        init_from="",  # PixArt-α / Open-Sora / exported safetensors or .pth to start the denoiser from
+        init_allow_missing=False,  # accept absent temporal attention (PixArt image weights)
     ))
 
     # after training: sample the evaluation prompts and score them

@@ -128,3 +128,23 @@ def test_corrupt_clip_skipped_training_continues(full_run, tmp_path):
     summary = train.run(c2, tmp_path / "w")
     assert summary["steps"] == 2
     assert str(bad) in (tmp_path / "w" / "skipped_clips.txt").read_text()
+
+
+def test_sample_cli_from_workdir(full_run, tmp_path):
+    from vidjax import sample
+    from vidjax.checkpoint import restore_model
+
+    work = full_run[0] / "work"
+    config, model, step = restore_model(work, ema=False)
+    assert step == 8 and config.model.depth == 2
+    y_null = model.dit.y_embedder.y_embedding[...]
+    assert y_null.shape == (config.text.max_length, config.text.dim) and float(abs(y_null).sum()) > 0
+    out = tmp_path / "one.mp4"
+    sample.main(["--workdir", str(work), "--prompt", "a blue square moving up", "--out", str(out), "--steps", "3",
+                 "--seed", "1"])
+    assert out.stat().st_size > 0 and out.with_suffix(".png").stat().st_size > 0
+    from vidjax.data.video_io import read_video
+
+    assert read_video(out).shape == (config.data.frames, config.data.height, config.data.width, 3)
+    with pytest.raises(SystemExit):
+        sample.main(["--workdir", str(tmp_path / "nothing"), "--prompt", "x", "--out", str(out)])

@@ -1,7 +1,8 @@
 """Checkpoints with orbax: the one place that writes and reads training state.
 
 A step directory ``<workdir>/checkpoints/<step>/`` holds the items
-``params``, ``ema`` (model weights as plain nested dicts), ``opt`` (optimizer state),
+``params``, ``ema`` (trained weights as plain nested dicts), ``rest`` (frozen weights and buffers such
+as the null caption ``y_embedding``), ``opt`` (optimizer state),
 ``data_iter`` (the grain iterator position) and ``meta`` (step, config JSON).
 Orbax writes each step into a temporary folder and renames it when complete, so a run
 killed mid-save leaves the previous checkpoint intact; rerunning resumes from it.
@@ -28,18 +29,19 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.mngr.latest_step()
 
-    def save(self, step: int, *, params, ema, opt, data_iter, config) -> None:
+    def save(self, step: int, *, params, ema, opt, rest, data_iter, config) -> None:
         meta = {"step": int(step), "config": json.loads(config.to_json())}
         args = dict(params=ocp.args.StandardSave(params), ema=ocp.args.StandardSave(ema),
-                    opt=ocp.args.StandardSave(opt), meta=ocp.args.JsonSave(meta))
+                    opt=ocp.args.StandardSave(opt), rest=ocp.args.StandardSave(rest), meta=ocp.args.JsonSave(meta))
         if data_iter is not None:
             args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         self.mngr.save(step, args=ocp.args.Composite(**args))
 
-    def restore(self, step: int, *, params, ema, opt, data_iter):
+    def restore(self, step: int, *, params, ema, opt, rest, data_iter):
         """Restore into the structures given as targets (abstract or concrete); returns a dict."""
         args = dict(params=ocp.args.StandardRestore(params), ema=ocp.args.StandardRestore(ema),
-                    opt=ocp.args.StandardRestore(opt), meta=ocp.args.JsonRestore())
+                    opt=ocp.args.StandardRestore(opt), rest=ocp.args.StandardRestore(rest),
+                    meta=ocp.args.JsonRestore())
         if data_iter is not None:
             args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         return self.mngr.restore(step, args=ocp.args.Composite(**args))
@@ -57,7 +59,7 @@ def restore_model(workdir: str | Path, step: int | None = None, ema: bool = True
 
     The model is rebuilt from the config stored in the checkpoint, so no config file is needed.
     """
-    from vidjax.models.t2v import build_model
+    from vidjax.models.t2v import build_model, trainable
     from vidjax.models.vae import build_vae
 
     ckpt_dir = Path(workdir).absolute() / "checkpoints"
@@ -73,11 +75,13 @@ def restore_model(workdir: str | Path, step: int | None = None, ema: bool = True
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     config = ml_collections.ConfigDict(meta["config"])
     vae = build_vae(config.vae)
-    model = build_model(config, nnx.Rngs(0), latent_channels=vae.latent_channels)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0), latent_channels=vae.latent_channels))
+    graphdef, params, rest = nnx.split(model, trainable(model), ...)
     key = "ema" if ema else "params"
-    target = nnx.to_pure_dict(params)
-    restored = mngr.restore(step, args=ocp.args.Composite(**{key: ocp.args.StandardRestore(target)}))[key]
-    nnx.replace_by_pure_dict(params, restored)
+    targets = {key: nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest)}
+    restored = mngr.restore(step, args=ocp.args.Composite(**{k: ocp.args.StandardRestore(v)
+                                                             for k, v in targets.items()}))
+    nnx.replace_by_pure_dict(params, restored[key])
+    nnx.replace_by_pure_dict(rest, restored["rest"])
     mngr.close()
     return config, nnx.merge(graphdef, params, rest), step

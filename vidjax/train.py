@@ -29,7 +29,7 @@ from vidjax.data.captions import CaptionFileError, load_captions
 from vidjax.data.loader import VideoSource, make_dataset, make_transform, probe_records
 from vidjax.data.video_io import VideoReadError
 from vidjax.diffusion import build_diffusion
-from vidjax.models.t2v import build_model, build_tokenizer
+from vidjax.models.t2v import build_model, build_tokenizer, trainable
 from vidjax.models.vae import build_vae
 
 log = logging.getLogger("vidjax.train")
@@ -76,18 +76,22 @@ def make_optimizer(t) -> optax.GradientTransformation:
 
 
 class ModelParts:
-    """A model split for pure-function training: graph, trainable params as a plain nested dict
-    (what the optimizer and checkpoints see), and the non-trained rest (buffers)."""
+    """A model split for pure-function training: the graph, the trained parameters and the rest
+    (frozen parameters and buffers such as ``y_embedding``), each as a plain nested dict, which
+    is what the optimizer and the checkpoints see."""
 
-    def __init__(self, model: nnx.Module):
-        self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
-        self.template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-        self.params = nnx.to_pure_dict(params)
+    def __init__(self, model: nnx.Module, trained=nnx.Param):
+        self.graphdef, params, rest = nnx.split(model, trained, ...)
+        self.templates = [jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), s) for s in (params, rest)]
+        self.params, self.rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
-    def merge(self, params: dict) -> nnx.Module:
-        state = jax.tree.map(lambda x: x, self.template)
-        nnx.replace_by_pure_dict(state, params)
-        return nnx.merge(self.graphdef, state, self.rest)
+    def merge(self, params: dict, rest: dict | None = None) -> nnx.Module:
+        states = []
+        for template, values in zip(self.templates, (params, self.rest if rest is None else rest), strict=True):
+            state = jax.tree.map(lambda x: x, template)
+            nnx.replace_by_pure_dict(state, values)
+            states.append(state)
+        return nnx.merge(self.graphdef, *states)
 
 
 def make_train_step(parts: ModelParts, tx, diffusion, vae, ema_decay: float):
@@ -149,9 +153,14 @@ def run(config, workdir: str | Path) -> dict:
     # model, objective, optimizer
     vae = build_vae(config.vae)
     model = build_model(config, nnx.Rngs(config.seed), latent_channels=vae.latent_channels)
+    if config.train.init_from:  # PixArt-α / Open-Sora / exported weights; overwritten by a resume below
+        from vidjax.interop import load_pretrained
+
+        load_pretrained(model.dit, config.train.init_from, allow_missing=config.train.init_allow_missing)
+        log.info("initialised the denoiser from %s", config.train.init_from)
     diffusion = build_diffusion(config.diffusion)
     tx = make_optimizer(config.train)
-    parts = ModelParts(model)
+    parts = ModelParts(model, trainable(model))
     params = parts.params
     opt_state = tx.init(params)
     ema = jax.tree.map(jnp.copy, params)
@@ -163,8 +172,9 @@ def run(config, workdir: str | Path) -> dict:
     start = 0
     latest = ckpt.latest_step()
     if latest is not None:
-        restored = ckpt.restore(latest, params=params, ema=ema, opt=opt_state, data_iter=data_iter)
-        params, ema, opt_state = restored["params"], restored["ema"], restored["opt"]
+        restored = ckpt.restore(latest, params=params, ema=ema, opt=opt_state, rest=parts.rest,
+                                data_iter=data_iter)
+        params, ema, opt_state, parts.rest = restored["params"], restored["ema"], restored["opt"], restored["rest"]
         start = int(restored["meta"]["step"])
         log.info("resumed from step %d", start)
         print(f"resuming from checkpoint at step {start}", file=sys.stderr)
@@ -201,7 +211,8 @@ def run(config, workdir: str | Path) -> dict:
                 bar.update(len(pending))
                 pending = []
             if done % t.ckpt_every == 0 or done == t.steps:
-                ckpt.save(done, params=params, ema=ema, opt=opt_state, data_iter=data_iter, config=config)
+                ckpt.save(done, params=params, ema=ema, opt=opt_state, rest=parts.rest, data_iter=data_iter,
+                          config=config)
             if config.sample.eval_every and done % config.sample.eval_every == 0 and done < t.steps:
                 t_eval = time.time()
                 _periodic_eval(parts.merge(ema), config, vae, diffusion, tokenizer, done,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from vidjax.models.dit import DiT, dit_config
 from vidjax.models.stdit import STDiT, stdit_config
 from vidjax.models.text.trainable import HashTokenizer, TrainableTextEncoder
 
@@ -42,12 +43,21 @@ def build_model(config, rngs: nnx.Rngs, *, latent_channels: int) -> TextToVideo:
     else:
         caption_channels, max_len = config.text.dim, config.text.max_length
     name = config.model.get("name", "stdit")
-    if name != "stdit":
-        raise ValueError(f"model.name={name!r}; expected 'stdit'")
     kw = model_kwargs(config)
     kw.update(in_channels=latent_channels, caption_channels=caption_channels, model_max_length=max_len)
-    dit = STDiT(stdit_config(config.model.get("size") or None, **kw), rngs=rngs)
+    size = config.model.get("size") or None
+    if name == "stdit":
+        dit = STDiT(stdit_config(size, **kw), rngs=rngs)
+    elif name == "dit":
+        dit = DiT(dit_config(size, **kw), rngs=rngs)
+    else:
+        raise ValueError(f"model.name={name!r}; expected 'stdit' or 'dit'")
     return TextToVideo(dit, text)
+
+
+def trainable(model: TextToVideo):
+    """The nnx filter of optimised parameters, from the denoiser's ``freeze`` setting."""
+    return model.dit.trainable()
 
 
 def build_tokenizer(config):
