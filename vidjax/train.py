@@ -216,7 +216,8 @@ def run(config, workdir: str | Path) -> dict:
             if config.sample.eval_every and done % config.sample.eval_every == 0 and done < t.steps:
                 t_eval = time.time()
                 _periodic_eval(parts.merge(ema), config, vae, diffusion, tokenizer, done,
-                               time.time() - t_loop - eval_seconds, workdir, writer)
+                               time.time() - t_loop - eval_seconds, workdir, writer,
+                               out_dir=workdir / "samples" / f"step_{done:06d}")
                 eval_seconds += time.time() - t_eval
     bar.close()
     ckpt.close()
