@@ -52,8 +52,22 @@ class RectifiedFlow:
     transform_scale: float = 1.0
     caption_dropout: float = 0.1
     cfg_channels: int | None = None  # guided output channels; None = all C
+    # What the network outputs: "v" (Open-Sora v1.2) or "x0" (clean data, turned into a velocity
+    # v = (x0 − x_t)/s with s clamped at ``x0_min_s``). x0-prediction keeps the network's target on the
+    # data manifold, which matters when patches are wide compared to the model (pixel-space video).
+    prediction: str = "v"
+    x0_min_s: float = 0.05
+
+    def velocity(self, out: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
+        """The velocity implied by the model output ``out`` [B, ..., C] at ``x_t`` and t [B]."""
+        if self.prediction == "v":
+            return out
+        s = jnp.maximum(t / NUM_TIMESTEPS, self.x0_min_s).reshape((-1,) + (1,) * (x_t.ndim - 1))
+        return (out - x_t) / s
 
     def __post_init__(self):
+        if self.prediction not in ("v", "x0"):
+            raise ValueError(f"diffusion.prediction={self.prediction!r}; expected v or x0")
         if self.sample_method not in ("logit-normal", "uniform"):
             raise ValueError(f"diffusion.sample_method={self.sample_method!r}; expected logit-normal or uniform")
 
@@ -89,7 +103,8 @@ class RectifiedFlow:
         if frame_mask is not None:
             x_t = jnp.where(frame_mask[:, :, None, None, None], x_t, x0)
         out = model_fn(x_t, t, cond, drop).astype(jnp.float32)
-        err = jnp.square(out[..., : x0.shape[-1]] - (x0 - noise))  # learned-sigma channels are unused
+        v_pred = self.velocity(out[..., : x0.shape[-1]], x_t, t)  # learned-sigma channels are unused
+        err = jnp.square(v_pred - (x0 - noise))
         if frame_mask is None:
             return err.mean(axis=tuple(range(1, err.ndim)))
         m = frame_mask.astype(err.dtype)
@@ -120,7 +135,8 @@ class RectifiedFlow:
 
         def step(z, t_dt):
             t, dt = t_dt
-            v = fn(z, jnp.full((z.shape[0],), t), cond).astype(jnp.float32)[..., : z.shape[-1]]
+            tt = jnp.full((z.shape[0],), t)
+            v = self.velocity(fn(z, tt, cond).astype(jnp.float32)[..., : z.shape[-1]], z, tt)
             return z + v * dt, None
 
         z, _ = jax.lax.scan(step, noise.astype(jnp.float32), (ts, dts))
