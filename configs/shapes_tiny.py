@@ -54,13 +54,22 @@ def get_config(arg: str | None = None) -> ConfigDict:
         remat="none",
         attention_impl="xla",
         freeze="",  # "" | not_temporal | text
+        sequence_parallel="auto",  # with mesh.sequence > 1: auto (STDiT: dsp, DiT: ulysses) | dsp | ulysses | ring
     ))
+
+    # devices (docs/parallel.md): sizes within a slice, then across slices (DCN); -1 = the rest.
+    # The default puts every device on `data` (one device on a laptop: the plain single-device run).
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_sequence=1,
+                             dcn_tensor=1))
+    # several processes: usually from the environment (TPU pod, SLURM, launch/local_multiprocess.sh)
+    c.distributed = ConfigDict(dict(coordinator="", num_processes=0, process_id=-1))
 
     # objective and sampler
     c.diffusion = ConfigDict(dict(
         name="rflow",
         sample_method="logit-normal",
         use_timestep_transform=False,
+        prediction="x0",  # x0 | v (Open-Sora v1.2); x0 gives one coherent object here (README)
         caption_dropout=0.1,
         sample_steps=30,
         cfg_scale=4.0,

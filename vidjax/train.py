@@ -4,12 +4,18 @@ Config fields can be overridden on the command line: ``--config.train.steps=100`
 The loop: data -> (VAE encode) -> diffusion loss on the STDiT -> AdamW -> EMA -> checkpoint,
 then a few samples to mp4 and the evaluation score. Rerunning with the same workdir resumes
 from the latest checkpoint (model, optimizer, EMA, step and data-iterator position).
+
+Scale-out (``docs/parallel.md``): the step runs on the mesh of ``config.mesh`` with parameters,
+gradients and optimizer state split over ``fsdp`` (ZeRO-3), the batch over ``data × fsdp`` and
+activations over ``sequence`` (``config.model.sequence_parallel``). Several processes (TPU pod,
+SLURM, ``launch/local_multiprocess.sh``) each load only their rows of the global batch.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +37,9 @@ from vidjax.data.video_io import VideoReadError
 from vidjax.diffusion import build_diffusion
 from vidjax.models.t2v import build_model, build_tokenizer, trainable
 from vidjax.models.vae import build_vae
+from vidjax.parallel import distributed
+from vidjax.parallel import sharding as shd
+from vidjax.parallel.mesh import describe, make_mesh
 
 log = logging.getLogger("vidjax.train")
 
@@ -55,6 +64,30 @@ def check_config(config) -> None:
                          f"config.model.learn_sigma={m.learn_sigma}: they must agree")
     if m.hidden % m.heads:
         raise ValueError(f"config.model.hidden={m.hidden} is not divisible by config.model.heads={m.heads}")
+
+
+def check_parallel(config, mesh, vae) -> None:
+    """One-line errors for a batch or clip that the mesh cannot split (before anything is compiled)."""
+    shd.check_batch(config.train.batch_size, mesh)
+    seq = dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))["sequence"]
+    if seq == 1:
+        return
+    d, m = config.data, config.model
+    lt, lh, lw = vae.latent_shape(d.frames, d.height, d.width)
+    frames, tokens = lt // m.patch[0], (lh // m.patch[1]) * (lw // m.patch[2])
+    scheme = m.get("sequence_parallel", "auto")
+    if m.get("name", "stdit") == "dit":
+        total = frames * tokens + (config.text.max_length if m.get("conditioning") == "token-concat" else 0)
+        if total % seq:
+            raise ValueError(f"config.data.frames/height/width give {total} tokens (with the caption if "
+                             f"token-concat), not divisible by mesh sequence={seq}")
+    elif scheme == "ring":
+        if tokens % seq:
+            raise ValueError(f"config.data.height/width give {tokens} tokens per frame, not divisible by mesh "
+                             f"sequence={seq} (sequence_parallel='ring')")
+    elif frames % seq:
+        raise ValueError(f"config.data.frames={d.frames} gives {frames} latent frames (VAE stride "
+                         f"{vae.downsample[0]}, patch {m.patch[0]}), not divisible by mesh sequence={seq}")
 
 
 def prepare_records(config, workdir: Path):
@@ -84,6 +117,8 @@ class ModelParts:
         self.graphdef, params, rest = nnx.split(model, trained, ...)
         self.templates = [jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), s) for s in (params, rest)]
         self.params, self.rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+        # logical axis names of every parameter / buffer (same trees), for vidjax.parallel.sharding
+        self.param_axes, self.rest_axes = shd.logical_axes(params), shd.logical_axes(rest)
 
     def merge(self, params: dict, rest: dict | None = None) -> nnx.Module:
         states = []
@@ -94,23 +129,55 @@ class ModelParts:
         return nnx.merge(self.graphdef, *states)
 
 
+def make_loss_fn(parts: ModelParts, diffusion, vae):
+    """(params, batch, rng, rest=None) -> (loss, metrics): the training objective of one batch."""
+
+    def loss_fn(params, batch, rng, rest=None):
+        model = parts.merge(params, rest)
+        x0 = vae.encode(batch["video"])
+        cond = {"ids": batch["ids"], "mask": batch["mask"]}
+        return diffusion.loss(lambda x, t, c, drop: model(x, t, c, drop), x0, cond, rng)
+
+    return loss_fn
+
+
 def make_train_step(parts: ModelParts, tx, diffusion, vae, ema_decay: float):
-    """(params, opt_state, ema, batch, rng) -> (params, opt_state, ema, metrics); pure, for jax.jit."""
+    """(params, opt_state, ema, batch, rng, rest=None) -> (params, opt_state, ema, metrics); pure, for jax.jit.
 
-    def step(params, opt_state, ema, batch, rng):
-        def loss_fn(p):
-            model = parts.merge(p)
-            x0 = vae.encode(batch["video"])
-            cond = {"ids": batch["ids"], "mask": batch["mask"]}
-            return diffusion.loss(lambda x, t, c, drop: model(x, t, c, drop), x0, cond, rng)
+    ``rest`` (frozen parameters and buffers) defaults to ``parts.rest``; pass it to place it explicitly.
+    """
+    loss_fn = make_loss_fn(parts, diffusion, vae)
 
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    def step(params, opt_state, ema, batch, rng, rest=None):
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng, rest)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
         return params, opt_state, ema, dict(metrics, grad_norm=optax.global_norm(grads))
 
     return step
+
+
+def shard_train_step(step_fn, parts: ModelParts, tx, mesh, batch_ndims: dict, seed: int):
+    """The jitted step on ``mesh``: (params, opt_state, ema, rest, batch, step) -> (params, opt_state, ema, metrics).
+
+    In/out shardings: ZeRO-3 for parameters, EMA, gradients (inside) and optimizer state; the batch over
+    ``data × fsdp``; metrics replicated. Parameters, optimizer state and EMA are donated. The rng is
+    ``fold_in(key(seed), step)``, computed inside, so no host-side key has to be placed.
+    Returns (jitted step, shardings dict with ``params``, ``opt``, ``rest``, ``batch``).
+    """
+    p_sh = shd.param_shardings(parts.params, parts.param_axes, mesh)
+    r_sh = shd.param_shardings(parts.rest, parts.rest_axes, mesh)
+    o_sh = shd.opt_shardings(tx, parts.params, p_sh, mesh)
+    b_sh = {k: shd.batch_sharding(mesh, n) for k, n in batch_ndims.items()}
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def sharded(params, opt_state, ema, rest, batch, step):
+        return step_fn(params, opt_state, ema, batch, jax.random.fold_in(jax.random.key(seed), step), rest)
+
+    jitted = jax.jit(sharded, in_shardings=(p_sh, o_sh, p_sh, r_sh, b_sh, rep), out_shardings=(p_sh, o_sh, p_sh, rep),
+                     donate_argnums=(0, 1, 2))
+    return jitted, {"params": p_sh, "opt": o_sh, "rest": r_sh, "batch": b_sh}
 
 
 # --------------------------------------------------------------------------------------
@@ -122,7 +189,8 @@ def _setup_logging(workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger("vidjax")
     if not any(getattr(h, "_vidjax", False) for h in root.handlers):
-        fh = logging.FileHandler(workdir / "train.log")
+        name = "train.log" if distributed.is_primary() else f"train_process{jax.process_index()}.log"
+        fh = logging.FileHandler(workdir / name)
         fh._vidjax = True
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(fh)
@@ -132,26 +200,42 @@ def _setup_logging(workdir: Path) -> None:
 def run(config, workdir: str | Path) -> dict:
     """Train (or resume) in ``workdir``; returns a summary dict (also written to summary.json)."""
     workdir = Path(workdir)
+    distributed.initialize(config)
+    primary = distributed.is_primary()
     _setup_logging(workdir)
     check_config(config)
+    mesh = make_mesh(config)
+    shd.check_batch(config.train.batch_size, mesh)
     t_start = time.time()
+    progress = config.progress and primary
 
-    # data
+    # data: the first process generates the built-in set, then every process reads it
+    if not primary:
+        distributed.barrier("data_ready")
     records = prepare_records(config, workdir)
+    if primary:
+        distributed.barrier("data_ready")
     records, clips, skipped = probe_records(records, config.data.frames, config.data.frame_interval,
-                                            report=workdir / "skipped_clips.txt",
-                                            keep_decoded=config.data.cache_in_memory, progress=config.progress)
-    if skipped:
+                                            report=workdir / "skipped_clips.txt" if primary else None,
+                                            keep_decoded=config.data.cache_in_memory, progress=progress)
+    if skipped and primary:
         print(f"skipped {len(skipped)} unreadable clip(s); see {workdir / 'skipped_clips.txt'}", file=sys.stderr)
     tokenizer = build_tokenizer(config)
     d = config.data
     transform = make_transform(d.frames, d.height, d.width, tokenizer, d.frame_interval)
-    dataset = make_dataset(VideoSource(records, clips), transform, batch_size=config.train.batch_size,
-                           seed=config.seed, num_threads=d.num_threads)
+    B = config.train.batch_size
+    if jax.process_count() == 1:
+        dataset = make_dataset(VideoSource(records, clips), transform, batch_size=B, seed=config.seed,
+                               num_threads=d.num_threads)
+    else:  # each process reads only the rows its devices hold
+        dataset = distributed.process_dataset(VideoSource(records, clips), transform, global_size=B,
+                                              rows=distributed.process_rows(mesh, B), seed=config.seed,
+                                              num_threads=d.num_threads)
     data_iter = iter(dataset)
 
     # model, objective, optimizer
     vae = build_vae(config.vae)
+    check_parallel(config, mesh, vae)
     model = build_model(config, nnx.Rngs(config.seed), latent_channels=vae.latent_channels)
     if config.train.init_from:  # PixArt-α / Open-Sora / exported weights; overwritten by a resume below
         from vidjax.interop import load_pretrained
@@ -161,11 +245,16 @@ def run(config, workdir: str | Path) -> dict:
     diffusion = build_diffusion(config.diffusion)
     tx = make_optimizer(config.train)
     parts = ModelParts(model, trainable(model))
-    params = parts.params
-    opt_state = tx.init(params)
-    ema = jax.tree.map(jnp.copy, params)
+    t = config.train
+    step_fn = make_train_step(parts, tx, diffusion, vae, t.ema_decay)
+    jit_step, shardings = shard_train_step(step_fn, parts, tx, mesh, {"video": 5, "ids": 2, "mask": 2}, config.seed)
+    params = shd.place(parts.params, shardings["params"])  # each device receives only its slice
+    parts.rest = shd.place(parts.rest, shardings["rest"])
+    opt_state = jax.jit(tx.init, out_shardings=shardings["opt"])(params)
+    ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings["params"])(params)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     log.info("model: %s, %.2fM trainable parameters", config.model.get("size") or "custom", n_params / 1e6)
+    log.info("mesh: %s, %d process(es)", describe(mesh), jax.process_count())
 
     # resume
     ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
@@ -177,28 +266,26 @@ def run(config, workdir: str | Path) -> dict:
         params, ema, opt_state, parts.rest = restored["params"], restored["ema"], restored["opt"], restored["rest"]
         start = int(restored["meta"]["step"])
         log.info("resumed from step %d", start)
-        print(f"resuming from checkpoint at step {start}", file=sys.stderr)
+        if primary:
+            print(f"resuming from checkpoint at step {start}", file=sys.stderr)
     metrics_path = workdir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, start)
-    _truncate_metrics(workdir / "eval_curve.jsonl", start)
+    if primary:
+        _truncate_metrics(metrics_path, start)
+        _truncate_metrics(workdir / "eval_curve.jsonl", start)
 
-    t = config.train
-    step_fn = make_train_step(parts, tx, diffusion, vae, t.ema_decay)
-    jit_step = jax.jit(step_fn, donate_argnums=(0, 1, 2))
-    base_rng = jax.random.key(config.seed)
-    writer = _tb_writer(workdir)
-    bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not config.progress,
-               dynamic_ncols=True)
+    writer = _tb_writer(workdir) if primary else None
+    bar = tqdm(total=t.steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     pending: list = []
     t_loop, eval_seconds = time.time(), 0.0
-    with metrics_path.open("a") as mf:
+    with metrics_path.open("a") if primary else open(os.devnull, "w") as mf:
         for step in range(start, t.steps):
-            batch = next(data_iter)
-            params, opt_state, ema, m = jit_step(params, opt_state, ema, batch, jax.random.fold_in(base_rng, step))
+            batch = distributed.global_batch(next(data_iter), mesh, B)
+            with jax.set_mesh(mesh):  # activations are constrained by logical names under this mesh
+                params, opt_state, ema, m = jit_step(params, opt_state, ema, parts.rest, batch, step)
             pending.append((step + 1, m))
             done = step + 1
             if done % t.log_every == 0 or done == t.steps or done % t.ckpt_every == 0:
-                for s, mm in jax.device_get(pending):
+                for s, mm in shd.to_host(pending):
                     rec = {"step": s, **{k: float(v) for k, v in mm.items()}}
                     mf.write(json.dumps(rec) + "\n")
                     if writer is not None:
@@ -215,28 +302,42 @@ def run(config, workdir: str | Path) -> dict:
                           config=config)
             if config.sample.eval_every and done % config.sample.eval_every == 0 and done < t.steps:
                 t_eval = time.time()
-                _periodic_eval(parts.merge(ema), config, vae, diffusion, tokenizer, done,
-                               time.time() - t_loop - eval_seconds, workdir, writer,
-                               out_dir=workdir / "samples" / f"step_{done:06d}")
+                eval_model = _eval_model(parts, ema)
+                if primary:
+                    _periodic_eval(eval_model, config, vae, diffusion, tokenizer, done,
+                                   time.time() - t_loop - eval_seconds, workdir, writer,
+                                   out_dir=workdir / "samples" / f"step_{done:06d}")
+                distributed.barrier(f"eval_{done}")
                 eval_seconds += time.time() - t_eval
     bar.close()
     ckpt.close()
     train_minutes = (time.time() - t_loop - eval_seconds) / 60
     if writer is not None:
         writer.close()
-    _plot_loss(metrics_path, workdir / "loss.png")
+    if primary:
+        _plot_loss(metrics_path, workdir / "loss.png")
 
     summary = {"steps": t.steps, "resumed_from": start, "train_minutes": round(train_minutes, 2),
                "params_M": round(n_params / 1e6, 3)}
     if config.sample.num_prompts > 0 and start < t.steps:
-
-        report = _periodic_eval(parts.merge(ema), config, vae, diffusion, tokenizer, t.steps, train_minutes * 60,
-                                workdir, None, out_dir=workdir / "samples")
-        summary["eval"] = report["summary"]
-        print(_format_eval(report["summary"]), file=sys.stderr)
+        eval_model = _eval_model(parts, ema)
+        if primary:
+            report = _periodic_eval(eval_model, config, vae, diffusion, tokenizer, t.steps, train_minutes * 60,
+                                    workdir, None, out_dir=workdir / "samples")
+            summary["eval"] = report["summary"]
+            print(_format_eval(report["summary"]), file=sys.stderr)
+        distributed.barrier("final_eval")
     summary["total_minutes"] = round((time.time() - t_start) / 60, 2)
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if primary:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _eval_model(parts: ModelParts, ema) -> nnx.Module:
+    """The EMA model for sampling; with several processes each gathers it (a collective) and the first samples."""
+    if jax.process_count() == 1:
+        return parts.merge(ema)
+    return parts.merge(shd.to_host(ema), shd.to_host(parts.rest))
 
 
 def _periodic_eval(model, config, vae, diffusion, tokenizer, step: int, train_seconds: float, workdir: Path,
@@ -316,12 +417,14 @@ def main(argv) -> None:
     config = _CONFIG.value
     workdir = _WORKDIR.value or f"runs/{config.get('name', 'run')}"
     try:
+        distributed.initialize(config)  # before any JAX computation
         summary = run(config, workdir)
     except USER_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"vidjax.train: error: {msg}", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps(summary))
+    if distributed.is_primary():
+        print(json.dumps(summary))
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -56,6 +56,7 @@ from vidjax.models.stdit import (
 )
 
 Array = jax.Array
+ACT_FLAT = ("batch", None, "tokens", "act_embed")  # x [B, 1, N, C], the token axis split under sequence > 1
 CONDITIONINGS = ("adaln", "cross-attn", "token-concat")
 
 # --------------------------------------------------------------------------------------
@@ -65,14 +66,24 @@ CONDITIONINGS = ("adaln", "cross-attn", "token-concat")
 
 @dataclasses.dataclass(frozen=True)
 class DiTConfig(STDiTConfig):
-    """STDiT's fields plus ``conditioning``; the temporal-only options do not apply."""
+    """STDiT's fields plus ``conditioning``; the temporal-only options do not apply.
+
+    ``sequence_parallel``: ``auto`` (= ulysses) or ``ring``, over the flat token axis.
+    """
 
     conditioning: str = "cross-attn"  # adaln | cross-attn | token-concat
+
+    @property
+    def sp_scheme(self) -> str:
+        return "ulysses" if self.sequence_parallel == "auto" else self.sequence_parallel
 
     def __post_init__(self):
         super().__post_init__()
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"model.conditioning={self.conditioning!r}; expected one of {CONDITIONINGS}")
+        if self.sequence_parallel == "dsp":
+            raise ValueError("model.sequence_parallel='dsp' needs factorized attention (STDiT); DiT takes ulysses "
+                             "or ring")
         if self.temporal_rope or self.fps_conditioning or self.freeze_mode == "not_temporal":
             raise ValueError("DiT has no temporal attention: temporal_rope, fps_conditioning and "
                              "freeze='not_temporal' are STDiT options")
@@ -107,7 +118,8 @@ class DiTBlock(nnx.Module):
 
     def __init__(self, cfg: DiTConfig, rngs: nnx.Rngs):
         C, kw = cfg.hidden, dict(dtype=cfg.compute_dtype, impl=cfg.attention_impl)
-        self.attn = SelfAttention(C, cfg.heads, rngs, axis="spatial", qk_norm=cfg.qk_norm, **kw)
+        self.attn = SelfAttention(C, cfg.heads, rngs, axis="spatial", qk_norm=cfg.qk_norm, seq_parallel=cfg.sp_scheme,
+                                  layout=("batch", None, "tokens", "heads", None), **kw)  # token axis split
         self.cross_attn = CrossAttention(C, cfg.heads, rngs, **kw) if cfg.conditioning == "cross-attn" else None
         self.mlp = Mlp(C, int(C * cfg.mlp_ratio), C, rngs, dtype=cfg.compute_dtype)
         self.adaLN_modulation = linear(C, 6 * C, ("embed", "mlp"), rngs, init=zeros, dtype=cfg.compute_dtype)
@@ -118,7 +130,7 @@ class DiTBlock(nnx.Module):
         if self.cross_attn is not None:
             x = x + self.cross_attn(x[:, 0], y, mask)[:, None]
         x = x + g2 * self.mlp(modulate(layer_norm(x), sh2, sc2))
-        return constrain(x, ("batch", None, "tokens", "act_embed"))
+        return constrain(x, ACT_FLAT)
 
 
 # --------------------------------------------------------------------------------------
@@ -159,6 +171,7 @@ class DiT(nnx.Module):
 
         x = self.x_embedder(x.astype(dt)) + jnp.asarray(self.pos_embed(gt, gh, gw), dt)[None]  # [B, T', S, C]
         x = rearrange(x, "b t s c -> b 1 (t s) c")  # one "frame" of all tokens: full attention
+        x = constrain(x, ACT_FLAT)
         c = self.t_embedder(t.astype(dt))  # [B, C]
         y = self.y_embedder(y.astype(dt), drop)  # [B, L, C]
         mask = jnp.ones((B, L), bool) if mask is None else mask.astype(bool)

@@ -19,6 +19,7 @@ from einops import rearrange
 from flax import nnx
 
 from vidjax.parallel.rules import constrain
+from vidjax.parallel.sequence import parallel_attention
 
 Array = jax.Array
 
@@ -164,6 +165,10 @@ class SelfAttention(nnx.Module):
     x: [B, T, S, C] -> [B, T, S, C]; ``axis="spatial"`` attends within each frame,
     ``axis="temporal"`` across frames at each position (no transpose: the kernel reads the layout).
     Optional RMS qk-norm and RoPE along the attended axis (STDiT3 features).
+
+    ``seq_parallel``: ``None``, ``"ulysses"`` or ``"ring"`` (``vidjax.parallel.sequence``), with
+    ``layout`` the logical names of q/k/v ``[B, T, S, H, D]`` naming the split token axis; both
+    are no-ops without a mesh whose ``sequence`` axis is larger than 1.
     """
 
     def __init__(
@@ -178,8 +183,11 @@ class SelfAttention(nnx.Module):
         impl: str = "xla",
         dtype=None,
         param_dtype=jnp.float32,
+        seq_parallel: str | None = None,
+        layout: tuple[str | None, ...] = ("batch", None, None, "heads", None),
     ):
         self.num_heads, self.axis, self.impl, self.rope = num_heads, axis, impl, rope
+        self.seq_parallel, self.layout = seq_parallel, tuple(layout)
         self.qkv = linear(dim, 3 * dim, ("embed", "heads"), rngs, dtype=dtype, param_dtype=param_dtype)
         self.proj = linear(dim, dim, ("heads", "embed"), rngs, dtype=dtype, param_dtype=param_dtype)
         head_dim = dim // num_heads
@@ -195,7 +203,11 @@ class SelfAttention(nnx.Module):
             ax = 1 if self.axis == "temporal" else 2
             pos = jnp.arange(x.shape[ax])
             q, k = apply_rope(q, pos, ax), apply_rope(k, pos, ax)
-        o = attention(q, k, v, axis=self.axis, mask=mask, impl=self.impl)
+
+        def attend(q, k, v, mask):
+            return attention(q, k, v, axis=self.axis, mask=mask, impl=self.impl)
+
+        o = parallel_attention(self.seq_parallel, attend, q, k, v, mask, self.layout)
         return self.proj(rearrange(o, "b t s h d -> b t s (h d)"))
 
 

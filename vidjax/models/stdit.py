@@ -45,9 +45,15 @@ from vidjax.models.layers import (
     sincos_temporal,
     zeros,
 )
+from vidjax.parallel import sequence
 
 Array = jax.Array
-ACT = ("batch", "frames", "tokens", "act_embed")
+# activation layouts of x [B, T, S, C] (logical names; vidjax.parallel.rules maps them to mesh axes)
+ACT = ("batch", "frames", None, "act_embed")  # T split: whole frames per chip (DSP, Ulysses)
+ACT_TOKENS = ("batch", None, "tokens", "act_embed")  # S split: all frames of a position per chip (ring)
+QKV_FRAMES = ("batch", "frames", None, "heads", None)  # q/k/v [B, T, S, H, D] with T split
+QKV_TOKENS = ("batch", None, "tokens", "heads", None)  # q/k/v with S split
+SEQUENCE_PARALLEL = ("dsp", "ulysses", "ring")
 
 # --------------------------------------------------------------------------------------
 # 1. Config and named sizes
@@ -82,6 +88,8 @@ class STDiTConfig:
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: str = "none"  # none | full | dots
     attention_impl: str = "xla"
+    # how activations are split when the mesh has sequence > 1 (vidjax.parallel.sequence); no-op otherwise
+    sequence_parallel: str = "auto"  # auto (= dsp) | dsp | ulysses | ring
 
     def __post_init__(self):
         if self.hidden % self.heads:
@@ -90,6 +98,14 @@ class STDiTConfig:
             raise ValueError(f"model.remat={self.remat!r}; expected none, full or dots")
         if self.freeze_mode not in (None, *FREEZE_OPTIONS):
             raise ValueError(f"model.freeze={self.freeze!r}; expected none, not_temporal or text")
+        if self.sequence_parallel not in ("auto", *SEQUENCE_PARALLEL):
+            raise ValueError(f"model.sequence_parallel={self.sequence_parallel!r}; expected auto, dsp, ulysses "
+                             "or ring")
+
+    @property
+    def sp_scheme(self) -> str:
+        """The sequence-parallel scheme (``auto`` resolved): dsp for STDiT."""
+        return "dsp" if self.sequence_parallel == "auto" else self.sequence_parallel
 
     @property
     def out_channels(self) -> int:
@@ -224,9 +240,17 @@ class STDiTBlock(nnx.Module):
 
     def __init__(self, cfg: STDiTConfig, rngs: nnx.Rngs):
         C, kw = cfg.hidden, dict(dtype=cfg.compute_dtype, impl=cfg.attention_impl)
-        self.attn = SelfAttention(C, cfg.heads, rngs, axis="spatial", qk_norm=cfg.qk_norm, **kw)
+        self.scheme = cfg.sp_scheme
+        # sequence parallelism (no-op off-mesh): DSP switches T-split <-> S-split around temporal attention;
+        # Ulysses (the structure-unaware baseline) exchanges heads <-> frames inside both attentions;
+        # ring keeps S split everywhere and rings K/V in spatial attention (temporal attention is then local).
+        spatial_sp, temporal_sp = {"dsp": (None, None), "ulysses": ("ulysses", "ulysses"),
+                                   "ring": ("ring", None)}[self.scheme]
+        layout = QKV_TOKENS if self.scheme == "ring" else QKV_FRAMES
+        self.attn = SelfAttention(C, cfg.heads, rngs, axis="spatial", qk_norm=cfg.qk_norm, seq_parallel=spatial_sp,
+                                  layout=layout, **kw)
         self.attn_temp = SelfAttention(C, cfg.heads, rngs, axis="temporal", qk_norm=cfg.qk_norm,
-                                       rope=cfg.temporal_rope, **kw)
+                                       rope=cfg.temporal_rope, seq_parallel=temporal_sp, layout=layout, **kw)
         self.cross_attn = CrossAttention(C, cfg.heads, rngs, **kw)  # proj zero-initialised
         self.mlp = Mlp(C, int(C * cfg.mlp_ratio), C, rngs, dtype=cfg.compute_dtype)
         self.scale_shift_table = nnx.Param(jax.random.normal(rngs.params(), (6, C)) / C**0.5, sharding=(None, "embed"))
@@ -234,25 +258,34 @@ class STDiTBlock(nnx.Module):
         self.attn_temp.proj.kernel[...] = jnp.zeros_like(self.attn_temp.proj.kernel[...])
 
     def __call__(self, x: Array, y: Array, mask: Array | None, t0: Array, tpe: Array) -> Array:
-        T = x.shape[1]
+        T, S = x.shape[1], x.shape[2]
+        act = ACT_TOKENS if self.scheme == "ring" else ACT
         mod = self.scale_shift_table[...][None].astype(x.dtype) + rearrange(t0, "b (six c) -> b six c", six=6)
         sh1, sc1, g1, sh2, sc2, g2 = adaln_chunks(mod, 6)  # each [B, 1, 1, C]
 
         # spatial attention within each frame
         x = x + g1 * self.attn(modulate(layer_norm(x), sh1, sc1))  # [B, T, S, C]
-        x = constrain(x, ACT)
+        x = constrain(x, act)
 
         # temporal attention at each position: raw residual, no norm, no modulation, re-uses g1
-        x = x + g1 * self.attn_temp(x + rearrange(tpe, "t c -> 1 t 1 c"))  # [B, T, S, C]
-        x = constrain(x, ACT)
+        tpe = rearrange(tpe, "t c -> 1 t 1 c")
+        if self.scheme == "dsp":  # one all-to-all to S-split, one back (identity off-mesh)
+            xt = sequence.split_tokens(x)  # [B, T, S', C], all frames of a position per chip
+            xt = xt + g1 * self.attn_temp(xt + tpe)
+            x = sequence.split_frames(xt, S)  # [B, T, S, C], whole frames per chip
+        else:
+            x = x + g1 * self.attn_temp(x + tpe)  # [B, T, S, C]
+        x = constrain(x, act)
 
-        # cross-attention to the caption, over all tokens of the clip, ungated
-        h = self.cross_attn(rearrange(x, "b t s c -> b (t s) c"), y, mask)  # [B, T·S, C]
-        x = x + rearrange(h, "b (t s) c -> b t s c", t=T)
+        # cross-attention to the caption, over all tokens of the clip, ungated; queries are independent, so
+        # they are flattened with the split axis major and no chip needs another's tokens
+        order = "(s t)" if self.scheme == "ring" else "(t s)"
+        h = self.cross_attn(rearrange(x, f"b t s c -> b {order} c"), y, mask)  # [B, T·S, C]
+        x = x + rearrange(h, f"b {order} c -> b t s c", t=T)
 
         # MLP
         x = x + g2 * self.mlp(modulate(layer_norm(x), sh2, sc2))
-        return constrain(x, ACT)
+        return constrain(x, act)
 
 
 # --------------------------------------------------------------------------------------
@@ -306,9 +339,15 @@ class STDiT(nnx.Module):
         cfg, dt = self.cfg, self.cfg.compute_dtype
         gt, gh, gw = patch_grid(x.shape, cfg.patch)
 
+        scheme = cfg.sp_scheme
+        if scheme == "ring":  # S split everywhere; one-line errors off-mesh are skipped (1 shard)
+            sequence.check_divisible("tokens per frame", gh * gw, hint="ring attention needs equal blocks")
+        else:  # T split (S is padded for DSP's temporal phase)
+            sequence.check_divisible("latent frames", gt, hint=f"latent frames = data frames / VAE and patch "
+                                                                f"stride {cfg.patch[0]}")
         x = self.x_embedder(x.astype(dt))  # [B, T', S, C]
         x = x + jnp.asarray(self.pos_embed(gh, gw), dt)[None, None]
-        x = constrain(x, ACT)
+        x = constrain(x, ACT_TOKENS if scheme == "ring" else ACT)
 
         t = self.t_embedder(t.astype(dt))  # [B, C]; the timestep is rounded to the model dtype first
         if self.fps_embedder is not None:
@@ -331,5 +370,6 @@ class STDiT(nnx.Module):
 
 __all__ = [
     "STDiT", "STDiTBlock", "STDiTConfig", "STDIT_SIZES", "stdit_config", "count_params", "trainable_filter",
-    "FinalLayer", "stack_blocks", "scan_blocks", "adaln_chunks", "unpatchify", "patch_grid", "Buffer",
+    "FinalLayer", "stack_blocks", "ACT", "ACT_TOKENS", "SEQUENCE_PARALLEL",
+    "scan_blocks", "adaln_chunks", "unpatchify", "patch_grid", "Buffer",
 ]

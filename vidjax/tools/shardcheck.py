@@ -1,0 +1,214 @@
+"""How does a config sit on a mesh? Memory per device and the collectives of one train step.
+
+    python -m vidjax.tools.shardcheck --config configs/shapes_tiny.py:quick --mesh data=2,fsdp=2,sequence=2
+    python -m vidjax.tools.shardcheck --config configs/shapes_tiny.py --mesh fsdp=8 --set data.frames=32 --json out.json
+
+Nothing is allocated or run: the model is built abstractly (``nnx.eval_shape``), the train step of
+``vidjax.train`` is lowered with its real shardings and compiled for the mesh, and the report reads
+
+1. per-device bytes of parameters and optimizer state, from their shardings (ZeRO-3 over ``fsdp``);
+2. the compiled memory analysis (arguments, outputs, temporaries, code) per device;
+3. every collective in the compiled HLO, with its executions per step (scanned blocks counted
+   once per block) and bytes per step (``vidjax.parallel.hlo``).
+
+On CPU, the tool asks JAX for as many host devices as the mesh needs (``--devices`` to set it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from typing import Any
+
+
+@dataclasses.dataclass
+class StepReport:
+    """What ``analyze`` measures; bytes are per device."""
+
+    mesh: dict[str, int]
+    params_total: int  # bytes of all trained parameters
+    params_per_device: int
+    opt_total: int
+    opt_per_device: int
+    memory: dict[str, int]  # compiled memory analysis
+    collectives: list[Any]  # vidjax.parallel.hlo.Collective
+    hlo: str = dataclasses.field(repr=False, default="")
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        from vidjax.parallel import hlo
+
+        return hlo.summary(self.collectives)
+
+    def count(self, kind: str) -> int:
+        return sum(c.count for c in self.collectives if c.kind == kind)
+
+    def bytes(self, kind: str | None = None) -> int:
+        return sum(c.bytes * c.count for c in self.collectives if kind is None or c.kind == kind)
+
+    def to_json(self) -> dict:
+        return {"mesh": self.mesh, "params_total": self.params_total, "params_per_device": self.params_per_device,
+                "opt_total": self.opt_total, "opt_per_device": self.opt_per_device, "memory": self.memory,
+                "collectives": self.summary()}
+
+
+def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()):
+    """``path.py[:arg]`` plus ``section.key=value`` overrides (values parsed as Python literals when possible)."""
+    import ast
+
+    from ml_collections import config_flags  # noqa: F401  (registers the loader)
+    from ml_collections.config_flags.config_flags import _LoadConfigModule
+
+    path, _, arg = spec.partition(":")
+    config = _LoadConfigModule("vidjax_shardcheck_config", path).get_config(*([arg] if arg else []))
+    for item in overrides:
+        key, _, text = item.partition("=")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise KeyError(f"--set {key}: no such config field")
+        node[leaf] = value
+    return config
+
+
+def analyze(config, mesh, *, step: str = "train", compiler_options: dict | None = None) -> StepReport:
+    """Compile the train step (``step="train"``) or only loss+gradients (``"grad"``) of ``config`` on ``mesh``.
+
+    ``compiler_options`` go to XLA (e.g. ``{"xla_backend_optimization_level": 0}`` for a faster CPU compile;
+    the HLO, hence collectives and buffer sizes, does not depend on it).
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from vidjax import train
+    from vidjax.diffusion import build_diffusion
+    from vidjax.models.t2v import build_model, trainable
+    from vidjax.models.vae import build_vae
+    from vidjax.parallel import hlo
+    from vidjax.parallel import sharding as shd
+
+    vae = build_vae(config.vae)
+    model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(config.seed), latent_channels=vae.latent_channels))
+    parts = train.ModelParts(model, trainable(model))
+    tx = train.make_optimizer(config.train)
+    diffusion = build_diffusion(config.diffusion)
+    d, B = config.data, config.train.batch_size
+    shd.check_batch(B, mesh)
+    train.check_parallel(config, mesh, vae)
+    batch = {"video": jax.ShapeDtypeStruct((B, d.frames, d.height, d.width, 3), jnp.float32),
+             "ids": jax.ShapeDtypeStruct((B, config.text.max_length), jnp.int32),
+             "mask": jax.ShapeDtypeStruct((B, config.text.max_length), jnp.bool_)}
+    step_fn = train.make_train_step(parts, tx, diffusion, vae, config.train.ema_decay)
+    jitted, sh = train.shard_train_step(step_fn, parts, tx, mesh, {k: len(v.shape) for k, v in batch.items()},
+                                        config.seed)
+
+    def abstract(tree, shardings):
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+    params = abstract(parts.params, sh["params"])
+    rest = abstract(parts.rest, sh["rest"])
+    opt = abstract(jax.eval_shape(tx.init, parts.params), sh["opt"])
+    batch = abstract(batch, sh["batch"])
+    with jax.set_mesh(mesh):
+        if step == "train":
+            lowered = jitted.lower(params, opt, params, rest, batch, 0)
+        elif step == "grad":
+            loss_fn = train.make_loss_fn(parts, diffusion, vae)
+            rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            grad = jax.jit(lambda p, r, b: jax.value_and_grad(loss_fn, has_aux=True)(p, b, jax.random.key(0), r),
+                           in_shardings=(sh["params"], sh["rest"], sh["batch"]),
+                           out_shardings=((rep, rep), sh["params"]))
+            lowered = grad.lower(params, rest, batch)
+        else:
+            raise ValueError(f"step={step!r}; expected 'train' or 'grad'")
+        compiled = lowered.compile(compiler_options)
+    mem = compiled.memory_analysis()
+    memory = {k: int(getattr(mem, f"{k}_size_in_bytes", 0) or 0)
+              for k in ("argument", "output", "temp", "alias", "generated_code")} if mem is not None else {}
+    text = compiled.as_text()
+    return StepReport(
+        mesh=dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True)),
+        params_total=shd.tree_bytes(parts.params), params_per_device=shd.sharded_bytes(parts.params, sh["params"]),
+        opt_total=shd.tree_bytes(opt), opt_per_device=shd.sharded_bytes(opt, sh["opt"]),
+        memory=memory, collectives=hlo.collectives(text), hlo=text)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.2f} MiB"
+
+
+def format_report(r: StepReport) -> str:
+    from vidjax.parallel import hlo
+
+    mesh = " ".join(f"{k}={v}" for k, v in r.mesh.items())
+    lines = [f"mesh            {mesh} ({math.prod(r.mesh.values())} devices)",
+             f"parameters      {_mb(r.params_per_device)} per device of {_mb(r.params_total)} "
+             f"({r.params_per_device / max(r.params_total, 1):.1%})",
+             f"optimizer       {_mb(r.opt_per_device)} per device of {_mb(r.opt_total)} "
+             f"({r.opt_per_device / max(r.opt_total, 1):.1%})"]
+    if r.memory:
+        lines.append("compiled        " + ", ".join(f"{k} {_mb(v)}" for k, v in r.memory.items()))
+    lines.append("collectives per step:")
+    for kind, row in sorted(r.summary().items()):
+        lines.append(f"  {kind:<19} {int(row['ops']):>5} ops  {_mb(row['bytes'])} results  "
+                     f"~{_mb(row['wire_bytes'])} sent per device")
+    if not r.collectives:
+        lines.append("  none")
+    else:
+        lines.append(hlo.table(r.collectives))
+    return "\n".join(lines)
+
+
+def _mesh_devices(mesh_text: str) -> int | None:
+    sizes = [int(p.split("=")[1]) for p in mesh_text.split(",") if "=" in p]
+    return None if not sizes or any(s == -1 for s in sizes) else math.prod(sizes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m vidjax.tools.shardcheck", description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="configs/shapes_tiny.py", help="config file, optionally path.py:arg")
+    p.add_argument("--mesh", default="", help="mesh sizes, e.g. data=2,fsdp=2,sequence=2 (default: config.mesh)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, repeatable (e.g. model.depth=2, data.frames=32)")
+    p.add_argument("--step", default="train", choices=("train", "grad"))
+    p.add_argument("--devices", type=int, default=0, help="host devices to create on CPU (default: the mesh's)")
+    p.add_argument("--json", default="", help="also write the report as JSON here")
+    p.add_argument("--fast", action="store_true", help="compile without LLVM optimisation (same HLO, faster)")
+    a = p.parse_args(argv)
+
+    n = a.devices or _mesh_devices(a.mesh)
+    if n and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", n)  # only the CPU client; must precede backend start-up
+
+    import vidjax  # noqa: F401
+    from vidjax.parallel.mesh import make_mesh, parse_mesh
+
+    config = load_config(a.config, a.set)
+    mesh = make_mesh(config, **parse_mesh(a.mesh))
+    report = analyze(config, mesh, step=a.step,
+                     compiler_options={"xla_backend_optimization_level": 0} if a.fast else None)
+    print(format_report(report))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(report.to_json(), f, indent=2)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (OSError, KeyError, ValueError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"vidjax.tools.shardcheck: error: {msg}", file=sys.stderr)
+        sys.exit(2)
