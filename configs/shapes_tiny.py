@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     c.train = ConfigDict(dict(
         steps=2000,
-        batch_size=32,
+        batch_size=16,
         lr=1e-3,
         final_lr_frac=0.1,
         warmup=100,
