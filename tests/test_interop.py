@@ -569,9 +569,10 @@ def test_export_cli_from_a_training_workdir(tmp_path, inputs):
     model = build_model(config, nnx.Rngs(0), latent_channels=3)  # raw pixels are the latents
     randomize(model, seed=5)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    rest = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))  # buffers: the null caption
     ema = jax.tree.map(lambda a: a * 0.5, params)
     ckpt = checkpoint.Checkpointer(tmp_path, async_save=False)
-    ckpt.save(3, params=params, ema=ema, opt={"count": np.zeros(())}, data_iter=None, config=config)
+    ckpt.save(3, params=params, ema=ema, opt={"count": np.zeros(())}, rest=rest, data_iter=None, config=config)
     ckpt.close()
 
     out = tmp_path / "model.safetensors"
