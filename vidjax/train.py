@@ -198,7 +198,14 @@ def _setup_logging(workdir: Path) -> None:
 
 
 def run(config, workdir: str | Path) -> dict:
-    """Train (or resume) in ``workdir``; returns a summary dict (also written to summary.json)."""
+    """Train (or resume) in ``workdir``; returns a summary dict (also written to summary.json).
+
+    ``config.task == "vae"`` trains a video VAE instead (vidjax/train_vae.py, configs/vae_shapes.py).
+    """
+    if config.get("task", "diffusion") == "vae":
+        from vidjax import train_vae
+
+        return train_vae.run(config, workdir)
     workdir = Path(workdir)
     distributed.initialize(config)
     primary = distributed.is_primary()

@@ -17,8 +17,9 @@ Every compressor exposes the same interface (channels-last, videos in [-1, 1]):
                    ``micro_batch_size``, ``micro_frame_size``
 ``causal_vae``     the standalone causal 3D KL-VAE (:class:`TemporalVAE`), the trainable one
 ``vq_vae``         VideoGPT-style VQ-VAE
-``checkpoint``     a VAE trained by ``vidjax.train``: ``path``; the architecture is ``arch`` (an entry like
-                   the ones above) or read from ``<path>/vae_config.json``
+``checkpoint``     a VAE trained by ``vidjax.train``: ``path`` (its workdir, whose ``vae_weights/`` holds the
+                   weights, or a folder written by :func:`save_vae_weights`); the architecture is ``arch``
+                   (an entry like the ones above) or read from ``<path>/vae_config.json``
 =================  =======================================================================================
 
 Without ``from_pretrained`` a model is randomly initialised (``seed``) from ``model=dict(...)`` config
@@ -99,6 +100,7 @@ class RawVAE(nnx.Module):
 
 VAE_TYPES = ("raw", "sd_vae", "opensora_vae", "causal_vae", "vq_vae", "checkpoint")
 VAE_CONFIG_FILE = "vae_config.json"
+VAE_WEIGHTS_DIR = "vae_weights"  # inside a VAE training workdir
 
 
 def _entry(config: Any) -> dict[str, Any]:
@@ -139,7 +141,9 @@ def build_vae(config: Any) -> VideoVAE:
             with open(os.path.join(path, VAE_CONFIG_FILE)) as f:
                 arch = json.load(f)
         arch = _entry(arch)
-        arch.update(checkpoint=path, checkpoint_item=item or arch.get("checkpoint_item"))
+        weights = os.path.join(path, VAE_WEIGHTS_DIR)
+        arch.update(checkpoint=weights if os.path.isdir(weights) else path,
+                    checkpoint_item=item or arch.get("checkpoint_item"))
         return build_vae(arch)
     if kind not in VAE_TYPES:
         raise ValueError(f"vae type {kind!r}; expected one of {VAE_TYPES}")
@@ -221,7 +225,8 @@ def restore_vae_weights(model: nnx.Module, path: str, *, item: str | None = None
 
 
 __all__ = [
-    "VideoVAE", "RawVAE", "build_vae", "VAE_TYPES", "save_vae_weights", "restore_vae_weights",
+    "VideoVAE", "RawVAE", "build_vae", "VAE_TYPES", "VAE_CONFIG_FILE", "VAE_WEIGHTS_DIR", "save_vae_weights",
+    "restore_vae_weights",
     "AutoencoderKL", "AutoencoderKLConfig", "VideoAutoencoderKL", "SD_VAE", "load_diffusers_vae",
     "TemporalVAE", "TemporalVAEConfig", "OpenSoraVAE", "load_opensora_vae",
     "VQVAE", "VQVAEConfig", "gaussian_kl", "gaussian_sample",

@@ -12,7 +12,10 @@ GroupNorm statistics span the whole clip, so clips are processed in fixed chunks
 (``micro_frame_size`` = 17 frames -> 5 latent frames) to make results independent of length.
 
 ``spatial_downsample`` is a vidjax extension (Open-Sora keeps it all False): it lets the same
-causal VAE compress pixels in space too (stride (t, 2, 2), depth-to-space in h and w).
+causal VAE compress pixels in space too (stride (t, 2, 2), depth-to-space in h and w), and
+``patch_size`` (default 1) folds p×p pixel patches into channels before the first conv and unfolds
+them after the last (as LTX-Video's VAE does), so no conv runs at full resolution: the cheap way to
+train a pixel-space video VAE on a CPU. The spatial factor is ``patch_size · 2^(spatial downsamples)``.
 
 Sections: (1) config, (2) causal conv and ResBlock, (3) encoder / decoder / TemporalVAE,
 (4) the v1.2 pipeline (spatial VAE -> temporal VAE -> shift/scale), (5) Open-Sora weights.
@@ -68,6 +71,7 @@ class TemporalVAEConfig:
     channel_multipliers: tuple[int, ...] = (1, 2, 2, 4)
     temporal_downsample: tuple[bool, ...] = (False, True, True)
     spatial_downsample: tuple[bool, ...] = (False, False, False)  # vidjax extension
+    patch_size: int = 1  # vidjax extension: p×p pixel (un)shuffle around the encoder / decoder
     num_groups: int = 32
     dtype: str = "float32"
 
@@ -76,6 +80,8 @@ class TemporalVAEConfig:
         if len(self.temporal_downsample) != n or len(self.spatial_downsample) != n:
             raise ValueError(f"temporal_downsample / spatial_downsample need {n} entries "
                              f"(one per level transition of channel_multipliers={self.channel_multipliers})")
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size={self.patch_size} must be a positive integer")
 
     @property
     def time_factor(self) -> int:
@@ -83,7 +89,7 @@ class TemporalVAEConfig:
 
     @property
     def space_factor(self) -> int:
-        return 2 ** sum(map(bool, self.spatial_downsample))
+        return self.patch_size * 2 ** sum(map(bool, self.spatial_downsample))
 
     @property
     def compute_dtype(self):
@@ -113,7 +119,33 @@ class CausalConv3d(nnx.Module):
                              rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
+        if jax.default_backend() == "cpu" and self.conv.kernel_size[0] > 1:
+            return self._folded(x)
         return self.conv(x)
+
+    def _folded(self, x: Array) -> Array:
+        """The same convolution as ``kt`` time taps stacked into channels and one 2D conv per output frame.
+
+        XLA's CPU 3D convolution (forward and gradients) runs 5-10× slower per FLOP than its 2D one,
+        which makes training the causal VAE on CPU impractical; on accelerators ``self.conv`` runs as is.
+        """
+        conv = self.conv
+        kernel = conv.kernel[...]
+        b = conv.bias[...] if conv.bias is not None else None
+        dt = conv.dtype or jnp.result_type(x, kernel)
+        x, kernel = x.astype(dt), kernel.astype(dt)
+        kt, kh, kw, cin, cout = kernel.shape
+        st, sh, sw = (conv.strides,) * 3 if isinstance(conv.strides, int) else conv.strides
+        x = jnp.pad(x, [(0, 0), (self.time_pad, 0)] + [(0, 0)] * 3)
+        T = (x.shape[1] - kt) // st + 1
+        taps = jnp.concatenate([x[:, j : j + st * (T - 1) + 1 : st] for j in range(kt)], axis=-1)  # [B,T,H,W,kt·C]
+        B, _, H, W, _ = taps.shape
+        w2 = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * cin, cout)  # channel order (tap, C)
+        y = jax.lax.conv_general_dilated(taps.reshape(B * T, H, W, kt * cin), w2, (sh, sw),
+                                         ((kh // 2, kh // 2), (kw // 2, kw // 2)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=conv.precision)
+        y = y.reshape(B, T, *y.shape[1:])
+        return y if b is None else y + b.astype(dt)
 
 
 class Identity(nnx.Module):
@@ -155,7 +187,9 @@ class Encoder(nnx.Module):
     def __init__(self, cfg: TemporalVAEConfig, rngs: nnx.Rngs):
         g, dt, n = cfg.num_groups, cfg.compute_dtype, len(cfg.channel_multipliers)
         width = [cfg.filters * m for m in cfg.channel_multipliers]
-        self.conv_in = CausalConv3d(cfg.in_out_channels, cfg.filters, 3, rngs, bias=False, dtype=dt)
+        self.patch_size = cfg.patch_size
+        self.conv_in = CausalConv3d(cfg.in_out_channels * cfg.patch_size**2, cfg.filters, 3, rngs, bias=False,
+                                    dtype=dt)
         prev = cfg.filters
         self.block_res_blocks, self.conv_blocks = nnx.List(), nnx.List()
         for i in range(n):
@@ -171,6 +205,9 @@ class Encoder(nnx.Module):
         self.conv2 = CausalConv3d(prev, 2 * cfg.latent_embed_dim, 1, rngs, dtype=dt)
 
     def __call__(self, x: Array) -> Array:
+        p = self.patch_size
+        if p > 1:  # space-to-depth, the inverse of depth_to_space(x, 1, p)
+            x = rearrange(x, "b t (h hs) (w ws) c -> b t h w (c hs ws)", hs=p, ws=p)
         x = self.conv_in(x)
         for i, blocks in enumerate(self.block_res_blocks):
             for block in blocks:
@@ -203,7 +240,8 @@ class Decoder(nnx.Module):
                                 if ts > 1 or ss > 1 else Identity())
         self.block_res_blocks, self.conv_blocks = nnx.List(blocks), nnx.List(convs)
         self.norm1 = group_norm(prev, g, rngs, eps=1e-5, dtype=dt)
-        self.conv_out = CausalConv3d(prev, cfg.in_out_channels, 3, rngs, dtype=dt)
+        self.patch_size = cfg.patch_size
+        self.conv_out = CausalConv3d(prev, cfg.in_out_channels * cfg.patch_size**2, 3, rngs, dtype=dt)
 
     def __call__(self, z: Array) -> Array:
         x = self.conv1(z)
@@ -215,7 +253,8 @@ class Decoder(nnx.Module):
             if i > 0:
                 ts, ss = self.strides[i - 1]
                 x = depth_to_space(self.conv_blocks[i - 1](x), ts, ss)  # [B, T·ts, H·ss, W·ss, C]
-        return self.conv_out(jax.nn.silu(self.norm1(x)))
+        x = self.conv_out(jax.nn.silu(self.norm1(x)))
+        return depth_to_space(x, 1, self.patch_size) if self.patch_size > 1 else x
 
 
 class TemporalVAE(nnx.Module):

@@ -1,0 +1,108 @@
+"""Train a causal 3D video VAE on the built-in `shapes` dataset (4×8×8 compression) on a CPU.
+
+    python -m vidjax.train --config configs/vae_shapes.py             # causal KL-VAE, 4×8×8
+    python -m vidjax.train --config configs/vae_shapes.py:vq          # VideoGPT-style VQ-VAE, 4×8×8
+    python -m vidjax.train --config configs/vae_shapes.py:adversarial # + PatchGAN term after step 1000
+    python -m vidjax.train --config configs/vae_shapes.py:quick       # seconds: the CI smoke run
+
+The trained VAE is then a ``vae`` entry for the diffusion configs:
+``c.vae = dict(type="checkpoint", path="runs/vae_shapes")`` (8×32×32 clips -> 2×4×4×16 latents).
+
+The default compresses 8 frames of 32×32 pixels 4× in time and 8× in space: the pixels are folded
+into 2×2 patches (12 channels at 16×16), then two stride-(2, 2, 2) causal conv levels (32, 32, 64
+channels, one ResBlock per level). No conv runs at full resolution, which keeps a step at about half
+a second on a CPU. The loss is plain MSE: L1 alone gets stuck predicting the background for a long time.
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    c = ConfigDict()
+    c.task = "vae"
+    c.name = "vae_shapes"
+    c.seed = 0
+    c.progress = True
+
+    # data: the same clips as configs/shapes_tiny.py (shared folder); held-out clips are generated next to them
+    c.data = ConfigDict(dict(
+        captions="",  # a caption file to train on instead of `shapes` (then set eval.captions for held-out clips)
+        video_root="",
+        root="data/shapes_8x32x32",
+        num_clips=2000,
+        seed=0,
+        frames=8,
+        height=32,
+        width=32,
+        frame_interval=1,
+        cache_in_memory=True,
+        num_threads=2,
+    ))
+
+    # the architecture: any trainable build_vae entry (written to <workdir>/vae_config.json)
+    c.vae = ConfigDict(dict(
+        type="causal_vae",
+        model=dict(
+            in_out_channels=3,
+            latent_embed_dim=16,
+            embed_dim=16,  # latent channels
+            filters=32,
+            num_res_blocks=1,
+            channel_multipliers=(1, 1, 2),
+            temporal_downsample=(True, True),  # 4× in time
+            spatial_downsample=(True, True),  # 4× in space, times patch_size 2 = 8×
+            patch_size=2,
+            num_groups=8,
+        ),
+    ))
+
+    # per-pixel loss weights (see vidjax/train_vae.py)
+    c.loss = ConfigDict(dict(
+        l1=0.0,
+        l2=1.0,
+        kl_weight=1e-6,  # LDM / Open-Sora's weight on the summed KL (divided by pixels like the recon terms)
+        sample_posterior=True,  # decode a posterior sample (False: the mean, a plain autoencoder + KL term)
+        ssim_weight=0.0,  # optional structural (perceptual-style) term: weight · (1 - SSIM)
+        adversarial_weight=0.0,  # optional hinge PatchGAN term, from step adversarial_start
+        adversarial_start=0,
+        disc_filters=32,
+        disc_lr=2e-4,
+    ))
+
+    c.train = ConfigDict(dict(
+        steps=2400,
+        batch_size=8,
+        lr=2e-3,
+        final_lr_frac=0.05,
+        warmup=50,
+        weight_decay=0.0,
+        b2=0.99,
+        adam_eps=1e-8,
+        grad_clip=1.0,
+        ema_decay=0.99,
+        log_every=20,
+        ckpt_every=400,
+        keep_checkpoints=2,
+    ))
+
+    # PSNR / SSIM on held-out clips (shapes: the `heldout` split of unseen (shape, colour) pairs)
+    c.eval = ConfigDict(dict(captions="", clips=64, batch_size=16, every=400, show=6))
+
+    if arg == "vq":  # VideoGPT-style VQ-VAE at the same 4×8×8 compression, 512 codes of dimension 16
+        c.name = "vae_shapes_vq"
+        c.vae = ConfigDict(dict(type="vq_vae", model=dict(
+            n_hiddens=64, n_res_layers=2, downsample=(4, 8, 8), embedding_dim=16, n_codes=512, num_groups=8,
+            attn_heads=2, axial_attention=True, commitment_weight=0.25, ema_decay=0.99)))
+        c.train.ema_decay = 0.0  # evaluate the live weights: the codebook tracks them, not an average
+    elif arg == "adversarial":
+        c.name = "vae_shapes_adv"
+        c.loss.adversarial_weight, c.loss.adversarial_start = 0.05, 1000
+    elif arg == "quick":  # CI-sized: same code path, seconds
+        c.name = "vae_shapes_quick"
+        c.data.num_clips, c.data.root = 32, "data/shapes_quick"
+        c.vae.model.update(filters=8, latent_embed_dim=4, embed_dim=4)
+        c.train.update(steps=6, batch_size=4, warmup=2, log_every=1, ckpt_every=3)
+        c.eval.update(clips=4, batch_size=4, every=0, show=2)
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r} of configs/vae_shapes.py; expected vq, adversarial or quick")
+    return c

@@ -1,0 +1,133 @@
+"""The VAE training task end to end: outputs, falling loss, resume, held-out PSNR, loading the result."""
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs.vae_shapes import get_config
+from vidjax import train_vae
+from vidjax.models.vae import VQVAE, TemporalVAE, build_vae
+from vidjax.models.vae.temporal import CausalConv3d
+
+
+def quick_config(tmp_path, variant="quick", **over):
+    c = get_config(variant)
+    c.progress = False
+    c.data.root = str(tmp_path / "data")
+    c.train.lr = 3e-3
+    for k, v in over.items():
+        sec, key = k.split(".")
+        c[sec][key] = v
+    return c
+
+
+def losses(workdir):
+    rows = [json.loads(ln) for ln in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """An uninterrupted 8-step causal-VAE run with checkpoints at steps 4 and 8."""
+    tmp = tmp_path_factory.mktemp("vae")
+    c = quick_config(tmp, **{"train.steps": 8, "train.ckpt_every": 4, "eval.every": 4})
+    summary = train_vae.run(c, tmp / "work")
+    return tmp, c, summary
+
+
+def test_run_trains_and_writes_everything(full_run):
+    tmp, _, summary = full_run
+    work = tmp / "work"
+    ls = losses(work)
+    assert sorted(ls) == list(range(1, 9)) and all(np.isfinite(v) for v in ls.values())
+    assert np.mean([ls[7], ls[8]]) < 0.7 * np.mean([ls[1], ls[2]]), ls  # it learns
+    assert summary["compression"] == "4x8x8" and summary["latent"] == [2, 4, 4, 4]
+    assert summary["eval_split"] == "heldout" and summary["eval_clips"] == 4
+    assert np.isfinite(summary["psnr"]) and 0 < summary["ssim"] <= 1
+    assert json.loads((work / "summary.json").read_text()) == summary
+    curve = [json.loads(ln) for ln in (work / "eval_curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve] == [4, 8] and curve[-1]["psnr"] == pytest.approx(summary["psnr"], abs=1e-3)
+    assert (work / "checkpoints" / "4").is_dir() and (work / "checkpoints" / "8").is_dir()
+    assert (work / "recon.png").stat().st_size > 0 and (work / "loss.png").exists() and list((work / "tb").glob("ev*"))
+    assert json.loads((work / "vae_config.json").read_text())["type"] == "causal_vae"
+
+
+def test_resume_continues_with_identical_losses(full_run, tmp_path):
+    tmp, c, summary = full_run
+    work = tmp_path / "work"
+    shutil.copytree(tmp / "work", work)
+    shutil.rmtree(work / "checkpoints" / "8")  # as if killed after the step-4 checkpoint
+    resumed = train_vae.run(c, work)
+    assert resumed["resumed_from"] == 4
+    assert losses(work) == losses(tmp / "work")  # steps 5-8 redone exactly: weights, optimizer, data order
+    assert resumed["psnr"] == summary["psnr"]
+
+
+def test_trained_vae_loads_through_build_vae(full_run):
+    tmp, c, summary = full_run
+    work = tmp / "work"
+    vae = build_vae({"type": "checkpoint", "path": str(work)})
+    assert isinstance(vae, TemporalVAE) and vae.downsample == (4, 8, 8) and vae.latent_channels == 4
+    clips, split = train_vae.heldout_clips(c, [], work)
+    assert split == "heldout" and clips.shape == (4, 8, 32, 32, 3)
+    x = jnp.asarray(clips.astype(np.float32) / 127.5 - 1)
+    z = vae.encode(x)
+    assert z.shape == (4, 2, 4, 4, 4)
+    recon = np.asarray(vae.decode(z, num_frames=8))
+    metrics = train_vae.video_metrics(clips / 255.0, (recon + 1) / 2)
+    assert metrics["psnr"] == pytest.approx(summary["psnr"], abs=1e-3)  # the weights the run evaluated
+    assert metrics["ssim"] == pytest.approx(summary["ssim"], abs=1e-4)
+
+
+def test_vq_vae_with_adversarial_term_trains_and_loads(tmp_path):
+    c = quick_config(tmp_path, "vq", **{"train.steps": 3, "train.ckpt_every": 3, "train.batch_size": 4,
+                                        "loss.adversarial_weight": 0.1, "loss.adversarial_start": 1,
+                                        "loss.disc_filters": 4, "eval.clips": 2, "eval.batch_size": 2})
+    c.data.num_clips = 8
+    c.vae.model.update(n_hiddens=8, n_res_layers=1, embedding_dim=4, n_codes=16, num_groups=4, axial_attention=False)
+    summary = train_vae.run(c, tmp_path / "work")
+    rows = [json.loads(ln) for ln in (tmp_path / "work" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(np.isfinite(r["loss"]) and r["perplexity"] >= 1 for r in rows)
+    assert rows[0]["d_loss"] == 0 and rows[-1]["d_loss"] > 0  # the discriminator starts at step 1
+    assert np.isfinite(summary["psnr"]) and summary["compression"] == "4x8x8"
+    vae = build_vae({"type": "checkpoint", "path": str(tmp_path / "work")})
+    assert isinstance(vae, VQVAE) and bool(vae.codebook.initialized[...])  # the trained codebook came along
+
+
+def test_bad_configs_are_one_line_errors(tmp_path):
+    c = quick_config(tmp_path)
+    c.vae.type = "raw"
+    with pytest.raises(ValueError, match="config.vae.type='raw'"):
+        train_vae.check_config(c)
+    c = quick_config(tmp_path, **{"loss.l2": 0.0})
+    with pytest.raises(ValueError, match="nothing to reconstruct"):
+        train_vae.check_config(c)
+    with pytest.raises(ValueError, match="unknown variant"):
+        get_config("vqq")
+
+
+def test_ssim_matches_scikit_image():
+    skm = pytest.importorskip("skimage.metrics")
+    rs = np.random.RandomState(0)
+    a = rs.rand(2, 32, 32, 3)
+    b = np.clip(a + 0.1 * rs.randn(*a.shape), 0, 1)
+    b[1, 8:20, 4:30] = 0.2  # structure, not just noise
+    ours = np.asarray(train_vae.ssim(a, b))
+    ref = [skm.structural_similarity(x, y, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                                     use_sample_covariance=False) for x, y in zip(a, b)]
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    assert train_vae.video_metrics(a[None], a[None])["psnr"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("stride", [(1, 1, 1), (2, 2, 2), (1, 2, 2)])
+def test_folded_causal_conv_equals_3d_conv(stride):
+    """On CPU CausalConv3d stacks its time taps into channels for a 2D conv: the same numbers as the 3D conv."""
+    conv = CausalConv3d(5, 6, 3, nnx.Rngs(0), stride=stride)
+    x = jax.random.normal(jax.random.key(1), (2, 8, 6, 6, 5))
+    np.testing.assert_allclose(conv(x), conv.conv(x), atol=2e-5)
