@@ -50,6 +50,7 @@ from vidjax.models.stdit import (
     adaln_chunks,
     patch_grid,
     scan_blocks,
+    sized_config,
     stack_blocks,
     trainable_filter,
     unpatchify,
@@ -98,13 +99,7 @@ DIT_SIZES: dict[str, dict[str, Any]] = {
 
 def dit_config(size: str | None = None, **overrides) -> DiTConfig:
     """``dit_config("DiT-B/2", conditioning="token-concat")``; ``size=None`` gives the XL/2 defaults."""
-    if size is not None and size not in DIT_SIZES:
-        raise ValueError(f"model.size={size!r}; expected one of {sorted(DIT_SIZES)}")
-    base = {} if size is None else dict(DIT_SIZES[size])
-    base.update(overrides)
-    if "patch" in base:
-        base["patch"] = tuple(base["patch"])
-    return DiTConfig(**base)
+    return sized_config(DiTConfig, DIT_SIZES, size, overrides)
 
 
 # --------------------------------------------------------------------------------------

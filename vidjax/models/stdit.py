@@ -127,15 +127,20 @@ STDIT_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def stdit_config(size: str | None = None, **overrides) -> STDiTConfig:
-    """``stdit_config("STDiT-XL/2", space_scale=0.5)``; ``size=None`` gives the defaults (XL/2)."""
-    if size is not None and size not in STDIT_SIZES:
-        raise ValueError(f"model.size={size!r}; expected one of {sorted(STDIT_SIZES)}")
-    base = {} if size is None else dict(STDIT_SIZES[size])
+def sized_config(cls, sizes: dict[str, dict[str, Any]], size: str | None, overrides: dict):
+    """A config dataclass from a named size (``None``: the class defaults) plus field overrides."""
+    if size is not None and size not in sizes:
+        raise ValueError(f"model.size={size!r}; expected one of {sorted(sizes)}")
+    base = {} if size is None else dict(sizes[size])
     base.update(overrides)
     if "patch" in base:
         base["patch"] = tuple(base["patch"])
-    return STDiTConfig(**base)
+    return cls(**base)
+
+
+def stdit_config(size: str | None = None, **overrides) -> STDiTConfig:
+    """``stdit_config("STDiT-XL/2", space_scale=0.5)``; ``size=None`` gives the defaults (XL/2)."""
+    return sized_config(STDiTConfig, STDIT_SIZES, size, overrides)
 
 
 def trainable_filter(freeze: str | None = None) -> nnx.filterlib.Filter:
