@@ -5,21 +5,19 @@
 Same data, objective and evaluation as configs/shapes_tiny.py, which this file extends.
 """
 
-import importlib.util
 from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from vidjax.config import load_config_module
 
-def _base(arg: str | None) -> ConfigDict:
-    spec = importlib.util.spec_from_file_location("shapes_tiny", Path(__file__).with_name("shapes_tiny.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+
+def _sibling(name: str):
+    return load_config_module(Path(__file__).with_name(f"{name}.py"))
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-    c = _base(arg)
+    c = _sibling("shapes_tiny").get_config(arg)
     c.name = "shapes_small"
     c.model.update(depth=6, hidden=192, heads=6)
     c.train.update(steps=6000, batch_size=16, lr=7e-4, warmup=200, ema_decay=0.998, ckpt_every=500)

@@ -14,7 +14,15 @@ channels, one ResBlock per level). No conv runs at full resolution, which keeps 
 a second on a CPU. The loss is plain MSE: L1 alone gets stuck predicting the background for a long time.
 """
 
+from pathlib import Path
+
 from ml_collections import ConfigDict
+
+from vidjax.config import load_config_module
+
+
+def _sibling(name: str):
+    return load_config_module(Path(__file__).with_name(f"{name}.py"))
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
@@ -24,20 +32,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.seed = 0
     c.progress = True
 
-    # data: the same clips as configs/shapes_tiny.py (shared folder); held-out clips are generated next to them
-    c.data = ConfigDict(dict(
-        captions="",  # a caption file to train on instead of `shapes` (then set eval.captions for held-out clips)
-        video_root="",
-        root="data/shapes_8x32x32",
-        num_clips=2000,
-        seed=0,
-        frames=8,
-        height=32,
-        width=32,
-        frame_interval=1,
-        cache_in_memory=True,
-        num_threads=2,
-    ))
+    # data: exactly the data section of configs/shapes_tiny.py (same clips, same folder); held-out clips
+    # are generated next to them. To train on your own videos set data.captions (and eval.captions).
+    c.data = _sibling("shapes_tiny").get_config().data
 
     # the architecture: any trainable build_vae entry (written to <workdir>/vae_config.json)
     c.vae = ConfigDict(dict(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import losses, quick
 
 from configs.shapes_tiny import get_config
 from vidjax import train
@@ -18,18 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def quick_config(tmp_path, **over):
-    c = get_config("quick")
-    c.progress = False
-    c.data.root = str(tmp_path / "data")
-    for k, v in over.items():
-        sec, key = k.split(".")
-        c[sec][key] = v
-    return c
-
-
-def losses(workdir):
-    rows = [json.loads(ln) for ln in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}
+    return quick(get_config("quick"), tmp_path, **over)
 
 
 def cli(*args, timeout=300):

@@ -2,12 +2,12 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import losses, quick
 from flax import nnx
 
 from configs.vae_shapes import get_config
@@ -18,18 +18,8 @@ from vidjax.models.vae.temporal import CausalConv3d
 
 def quick_config(tmp_path, variant="quick", **over):
     c = get_config(variant)
-    c.progress = False
-    c.data.root = str(tmp_path / "data")
     c.train.lr = 3e-3
-    for k, v in over.items():
-        sec, key = k.split(".")
-        c[sec][key] = v
-    return c
-
-
-def losses(workdir):
-    rows = [json.loads(ln) for ln in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}
+    return quick(c, tmp_path, **over)
 
 
 @pytest.fixture(scope="module")

@@ -92,10 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     dims = dict(depth=28, hidden=1152, patch=(1, 2, 2), caption_len=120, caption_channels=4096, in_channels=4)
     frames, height, width, batch, steps = 16, 32, 32, 8, 1000
     if a.config:
-        from ml_collections import config_flags  # noqa: F401  (registers the loader)
-        from ml_collections.config_flags.config_flags import _LoadConfigModule
+        from vidjax.config import load_config_module
 
-        c = _LoadConfigModule("vidjax_estimate_config", a.config).get_config()
+        c = load_config_module(a.config).get_config()
         m = c.model
         base = dict(STDIT_SIZES[m.size]) if m.get("size") else {}
         dims.update(depth=base.get("depth", m.depth), hidden=base.get("hidden", m.hidden),

@@ -59,11 +59,10 @@ def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()):
     """``path.py[:arg]`` plus ``section.key=value`` overrides (values parsed as Python literals when possible)."""
     import ast
 
-    from ml_collections import config_flags  # noqa: F401  (registers the loader)
-    from ml_collections.config_flags.config_flags import _LoadConfigModule
+    from vidjax.config import load_config_module
 
     path, _, arg = spec.partition(":")
-    config = _LoadConfigModule("vidjax_shardcheck_config", path).get_config(*([arg] if arg else []))
+    config = load_config_module(path).get_config(*([arg] if arg else []))
     for item in overrides:
         key, _, text = item.partition("=")
         try:
