@@ -125,3 +125,11 @@ def test_resize_clip_center_crops():
     out = resize_clip(clip, 32, 32)
     assert out.shape == (2, 32, 32, 3)
     assert out[:, :, 16].min() > 200
+
+
+def test_decoded_cache_is_dropped_when_too_large(shapes_root):
+    recs = load_captions(shapes_root / "captions.jsonl")[:6]
+    good, clips, _ = probe_records(recs, 8, keep_decoded=True, progress=False, max_cache_bytes=3 * 8 * 32 * 32 * 3)
+    assert len(good) == 6 and clips is None  # the loader then reads from disk
+    good, clips, _ = probe_records(recs, 8, keep_decoded=True, progress=False)
+    assert len(clips) == 6

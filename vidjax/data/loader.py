@@ -26,14 +26,16 @@ log = logging.getLogger(__name__)
 
 
 def probe_records(records: list[Record], frames: int, frame_interval: int = 1, report: str | Path | None = None,
-                  keep_decoded: bool = False, progress: bool = True):
+                  keep_decoded: bool = False, progress: bool = True, max_cache_bytes: int = 2 << 30):
     """Decode every clip once; drop unreadable or too-short ones and list them.
 
+    With ``keep_decoded`` the decoded clips are kept for the loader, unless they outgrow
+    ``max_cache_bytes`` (real datasets): then the loader decodes from disk instead.
     Returns (good records, decoded clips or None, skipped [(path, reason)]). The list of
     skipped clips is written to ``report`` (one ``path<TAB>reason`` per line) and logged.
     """
     need = (frames - 1) * frame_interval + 1
-    good, clips, skipped = [], [], []
+    good, clips, skipped, cached = [], [], [], 0
     for r in tqdm(records, desc="checking clips", disable=not progress, unit="clip", leave=False):
         try:
             clip = read_video(r.path)
@@ -45,6 +47,10 @@ def probe_records(records: list[Record], frames: int, frame_interval: int = 1, r
         good.append(r)
         if keep_decoded:
             clips.append(clip)
+            cached += clip.nbytes
+            if cached > max_cache_bytes:
+                log.info("decoded clips exceed %d bytes: the loader will decode from disk", max_cache_bytes)
+                keep_decoded, clips = False, []
     if report is not None:
         Path(report).parent.mkdir(parents=True, exist_ok=True)
         Path(report).write_text("".join(f"{p}\t{why}\n" for p, why in skipped))
