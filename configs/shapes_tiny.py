@@ -50,6 +50,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         time_scale=1.0,
         qk_norm=False,
         temporal_rope=False,
+        temporal_pos="block0",  # block0 (Open-Sora v1.0) | input (every token knows its frame)
         dtype="float32",
         remat="none",
         attention_impl="xla",
@@ -69,7 +70,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
         name="rflow",
         sample_method="logit-normal",
         use_timestep_transform=False,
+        transform_scale=1.0,  # with use_timestep_transform: shift ratio = sqrt(H·W·64/512²)·sqrt(T)·scale
         prediction="x0",  # x0 | v (Open-Sora v1.2); x0 gives one coherent object here (README)
+        loss_weight="v",  # v (Open-Sora) | x0: velocity MSE × s², i.e. the clean-data MSE
         caption_dropout=0.1,
         sample_steps=30,
         cfg_scale=4.0,

@@ -4,7 +4,8 @@
 * ``temporal_attention(q, k, v)``: exact attention over T for each (b, s, h).
 
 Both take [B, T, S, H, D] directly, have Pallas backward kernels (custom VJP) and run as
-Mosaic on TPU, Triton on CUDA/ROCm and in interpret mode on CPU. Importing this package
+Mosaic on TPU, Triton on CUDA/ROCm and in interpret mode on CPU; under a multi-device mesh the
+``attention_impl`` entry points run them per shard (``sharding.per_shard``). Importing this package
 registers ``attention_impl`` = "pallas", "auto", "cudnn" and "splash" in
 ``vidjax.models.layers.ATTENTION_IMPLS``. Design and verification status: kernels/README.md.
 """

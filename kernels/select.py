@@ -6,10 +6,11 @@ on [B, T, S, H, D]) when ``vidjax.kernels`` is imported:
   xla     ``layers.xla_attention`` (registered by the lead; einsums on the native layout)
   pallas  the vidjax Pallas kernels; Mosaic on TPU, Triton on CUDA/ROCm (chosen when the
           computation is lowered, so one traced function exports to either), interpret mode
-          on CPU (slow; for tests)
+          on CPU (slow; for tests). Under a multi-device mesh they run per shard
+          (``sharding.per_shard``: ``jax.shard_map`` with specs from the logical-axis table)
   cudnn   ``jax.nn.dot_product_attention(implementation="cudnn")`` with the reshapes and
           transposes it needs (GPU only; bf16/fp16)
-  splash  JAX's TPU splash attention for spatial/cross attention; Pallas temporal kernel
+  splash  JAX's TPU splash attention for spatial/cross attention; Pallas temporal kernel (both per shard)
   auto    per backend and sequence length, see ``choose_impl``; each distinct choice is logged
           once (logger ``vidjax.kernels``)
 
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 from vidjax.models.layers import ATTENTION_IMPLS, register_attention, xla_attention
 
 from .reference import dot_product_attention
+from .sharding import per_shard
 from .spatial import spatial_attention
 from .splash import splash_spatial
 from .temporal import temporal_attention
@@ -47,12 +49,17 @@ def _check_axis(axis: str, mask: Array | None) -> None:
         raise ValueError("temporal attention takes no key mask")
 
 
-@register_attention("pallas")
-def pallas_attention(q: Array, k: Array, v: Array, *, axis: str = "spatial", mask: Array | None = None) -> Array:
-    _check_axis(axis, mask)
+def _pallas_local(q: Array, k: Array, v: Array, *, axis: str, mask: Array | None) -> Array:
     if axis == "spatial":
         return spatial_attention(q, k, v, mask=mask)
     return temporal_attention(q, k, v)
+
+
+@register_attention("pallas")
+def pallas_attention(q: Array, k: Array, v: Array, *, axis: str = "spatial", mask: Array | None = None) -> Array:
+    """The vidjax kernels on q, k, v [B, T, S, H, D] (mask [B, Sk]), per shard of the active mesh."""
+    _check_axis(axis, mask)
+    return per_shard(_pallas_local, q, k, v, axis=axis, mask=mask)
 
 
 def _cudnn_supported(q: Array) -> str | None:
@@ -74,12 +81,17 @@ def cudnn_attention(q: Array, k: Array, v: Array, *, axis: str = "spatial", mask
     return dot_product_attention(q, k, v, axis=axis, mask=mask, implementation="cudnn")
 
 
-@register_attention("splash")
-def splash_attention(q: Array, k: Array, v: Array, *, axis: str = "spatial", mask: Array | None = None) -> Array:
-    _check_axis(axis, mask)
+def _splash_local(q: Array, k: Array, v: Array, *, axis: str, mask: Array | None) -> Array:
     if axis == "spatial":
         return splash_spatial(q, k, v, mask)
     return temporal_attention(q, k, v)
+
+
+@register_attention("splash")
+def splash_attention(q: Array, k: Array, v: Array, *, axis: str = "spatial", mask: Array | None = None) -> Array:
+    """Splash (spatial) / vidjax temporal kernel on q, k, v [B, T, S, H, D], per shard of the active mesh."""
+    _check_axis(axis, mask)
+    return per_shard(_splash_local, q, k, v, axis=axis, mask=mask)
 
 
 def choose_impl(axis: str, q_shape: tuple[int, ...], k_shape: tuple[int, ...], dtype, platform: str) -> str:

@@ -485,3 +485,22 @@ def test_rflow_x0_prediction_oracle_gives_zero_loss_and_exact_sample():
     noise = jax.random.normal(jax.random.key(3), x0.shape)
     z = rf.sample(lambda x, t, c, d: x0, noise, {}, steps=5, cfg_scale=1.0)
     np.testing.assert_allclose(np.asarray(z), np.asarray(x0), atol=1e-5)
+
+
+def test_rflow_x0_loss_weight_is_clean_data_mse():
+    """loss_weight="x0" multiplies the velocity MSE by s² (s clamped at x0_min_s): with x0-prediction that is
+    exactly the MSE between the predicted and the true clean data, at every t."""
+    x0 = jax.random.normal(jax.random.key(1), (4, 2, 4, 4, 3))
+    noise = jax.random.normal(jax.random.key(2), x0.shape)
+    guess = jax.random.normal(jax.random.key(3), x0.shape)
+    t = jnp.array([20.0, 100.0, 500.0, 990.0])  # s = 0.02 is below x0_min_s = 0.05
+    kw = dict(prediction="x0", use_timestep_transform=False, caption_dropout=0.0)
+    weighted = RectifiedFlow(loss_weight="x0", **kw).loss_terms(lambda *a: guess, x0, t, noise, {}, None)
+    plain = RectifiedFlow(**kw).loss_terms(lambda *a: guess, x0, t, noise, {}, None)
+    s = np.maximum(np.asarray(t) / 1000, 0.05)
+    # v = (x̂0 − x_t)/s against x0 − ε = (x0 − x_t)/s for s ≥ x0_min_s; below it, the clamp changes the target
+    expect = np.mean(np.square(np.asarray(guess - x0)), axis=(1, 2, 3, 4))
+    np.testing.assert_allclose(np.asarray(weighted)[1:], expect[1:], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(weighted), np.asarray(plain) * s**2, rtol=1e-5)
+    with pytest.raises(ValueError, match="loss_weight"):
+        RectifiedFlow(loss_weight="snr")

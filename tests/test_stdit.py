@@ -154,6 +154,27 @@ def test_zero_temporal_projection_makes_an_image_model_per_frame(tiny):
     assert not np.allclose(run(tiny, x, t, y, mask), clip, atol=1e-3)  # and the temporal branch does act
 
 
+def test_temporal_pos_input_tells_every_token_its_frame(tiny):
+    """With the zero temporal projection, identical frames give identical outputs under Open-Sora's
+    ``temporal_pos="block0"`` (the frame index only enters through block 0's temporal attention), but not
+    under ``"input"``, where the temporal sincos is added to every token; with the projection non-zero both
+    see it. The option adds no parameters."""
+    x, t, y, mask = batch()
+    x = x[:, :1].repeat(4, 1)  # 4 identical frames
+    outs = {}
+    for pos in ("block0", "input"):
+        model = STDiT(stdit_config(**TINY, temporal_pos=pos), rngs=nnx.Rngs(0))
+        nnx.update(model, nnx.state(tiny, nnx.Param))
+        for p in (model.blocks.attn_temp.proj.kernel, model.blocks.attn_temp.proj.bias):
+            p[...] = jnp.zeros_like(p[...])
+        outs[pos] = run(model, x, t, y, mask)
+    np.testing.assert_allclose(outs["block0"], outs["block0"][:, :1].repeat(4, 1), atol=1e-6)
+    assert np.abs(outs["input"] - outs["input"][:, :1]).max() > 1e-2
+    assert count_params(STDiT(stdit_config(**TINY, temporal_pos="input"), rngs=nnx.Rngs(0))) == count_params(tiny)
+    with pytest.raises(ValueError, match="temporal_pos"):
+        stdit_config(**TINY, temporal_pos="rope")
+
+
 def test_caption_mask_padding_and_null_caption(tiny):
     x, t, y, mask = batch()
     x, t, y, mask = x[:1].repeat(4, 0), t, y[:1], mask

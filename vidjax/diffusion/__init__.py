@@ -11,7 +11,8 @@ picks it from ``config.diffusion.name``:
 - ``"iddpm"`` (Open-Sora v1.0/1.1): fields ``sampler`` ("ancestral" | "ddim"), ``ddim_eta``, ``learn_sigma``,
   ``caption_dropout``, ``cfg_channels``; samples with 100 respaced steps by default.
 - ``"rflow"`` (v1.2): fields ``sample_method`` ("logit-normal" | "uniform"), ``use_timestep_transform``,
-  ``transform_hw``, ``vae_spatial``, ``transform_scale``, ``caption_dropout``, ``cfg_channels``; 30 Euler steps.
+  ``transform_hw``, ``vae_spatial``, ``transform_scale``, ``caption_dropout``, ``cfg_channels``, ``prediction``
+  ("v" | "x0"), ``x0_min_s``, ``loss_weight`` ("v" | "x0"); 30 Euler steps.
 
 ``sample_steps`` and ``cfg_scale`` in the same ConfigDict are for the sample code (``build_diffusion`` drops them).
 """

@@ -57,6 +57,9 @@ class RectifiedFlow:
     # data manifold, which matters when patches are wide compared to the model (pixel-space video).
     prediction: str = "v"
     x0_min_s: float = 0.05
+    # Per-example weight of the velocity MSE: "v" (none; Open-Sora) or "x0" (× s², with s clamped at
+    # ``x0_min_s``: the MSE of the implied clean data, which no longer favours nearly clean inputs by 1/s²).
+    loss_weight: str = "v"
 
     def velocity(self, out: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
         """The velocity implied by the model output ``out`` [B, ..., C] at ``x_t`` and t [B]."""
@@ -68,6 +71,8 @@ class RectifiedFlow:
     def __post_init__(self):
         if self.prediction not in ("v", "x0"):
             raise ValueError(f"diffusion.prediction={self.prediction!r}; expected v or x0")
+        if self.loss_weight not in ("v", "x0"):
+            raise ValueError(f"diffusion.loss_weight={self.loss_weight!r}; expected v or x0")
         if self.sample_method not in ("logit-normal", "uniform"):
             raise ValueError(f"diffusion.sample_method={self.sample_method!r}; expected logit-normal or uniform")
 
@@ -105,6 +110,9 @@ class RectifiedFlow:
         out = model_fn(x_t, t, cond, drop).astype(jnp.float32)
         v_pred = self.velocity(out[..., : x0.shape[-1]], x_t, t)  # learned-sigma channels are unused
         err = jnp.square(v_pred - (x0 - noise))
+        if self.loss_weight == "x0":
+            s = jnp.maximum(t / NUM_TIMESTEPS, self.x0_min_s).reshape((-1,) + (1,) * (err.ndim - 1))
+            err = err * jnp.square(s)
         if frame_mask is None:
             return err.mean(axis=tuple(range(1, err.ndim)))
         m = frame_mask.astype(err.dtype)

@@ -4,7 +4,8 @@ Each block runs, on tokens ``x: [B, T, S, C]``:
   1. spatial self-attention within each frame   (``(B T) S C``), adaLN-modulated, gated by ``g1``;
   2. temporal self-attention at each position    (``(B S) T C``), no norm, no modulation,
      re-using ``g1``; its output projection starts at zero, so an image model loads as-is;
-     the temporal position embedding is added to its input in block 0 only;
+     the temporal position embedding is added to its input in block 0 only (or, with
+     ``temporal_pos="input"``, to every token once after patch embedding);
   3. cross-attention from all tokens to the caption (``B (T S) C``), ungated; the caption
      mask is a dense key mask, equivalent to xformers' block-diagonal packing;
   4. an adaLN-modulated MLP, gated by ``g2``.
@@ -84,6 +85,10 @@ class STDiTConfig:
     qk_norm: bool = False  # RMSNorm on q and k (eps 1e-6), before RoPE
     temporal_rope: bool = False  # interleaved-pair RoPE, theta 1e4, on temporal attention
     fps_conditioning: bool = False  # t += fps_embedder(fps)
+    # where the temporal sincos embedding goes: "block0" (Open-Sora v1.0: the input of block 0's temporal
+    # attention only) or "input" (added to every token after patch embedding, as Latte does, so every layer
+    # knows which frame it is in; helps tiny models from scratch, no new parameters)
+    temporal_pos: str = "block0"
     # numerics and memory
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: str = "none"  # none | full | dots
@@ -96,6 +101,8 @@ class STDiTConfig:
             raise ValueError(f"model.hidden={self.hidden} is not divisible by model.heads={self.heads}")
         if self.remat != "none" and self.remat not in REMAT_POLICIES:
             raise ValueError(f"model.remat={self.remat!r}; expected none, full or dots")
+        if self.temporal_pos not in ("block0", "input"):
+            raise ValueError(f"model.temporal_pos={self.temporal_pos!r}; expected block0 or input")
         if self.freeze_mode not in (None, *FREEZE_OPTIONS):
             raise ValueError(f"model.freeze={self.freeze!r}; expected none, not_temporal or text")
         if self.sequence_parallel not in ("auto", *SEQUENCE_PARALLEL):
@@ -364,6 +371,9 @@ class STDiT(nnx.Module):
         mask = None if mask is None else mask.astype(bool)
 
         tpe = jnp.asarray(self.pos_embed_temporal(gt), dt)  # [T', C]
+        if cfg.temporal_pos == "input":  # into the tokens once; blocks then get none
+            x = x + rearrange(tpe, "t c -> 1 t 1 c")
+            tpe = jnp.zeros_like(tpe)
 
         def step(block: STDiTBlock, x: Array, i: Array) -> Array:
             return block(x, y, mask, t0, tpe * (i == 0).astype(dt))  # temporal pos-emb in block 0 only
