@@ -121,3 +121,21 @@ def test_folded_causal_conv_equals_3d_conv(stride):
     conv = CausalConv3d(5, 6, 3, nnx.Rngs(0), stride=stride)
     x = jax.random.normal(jax.random.key(1), (2, 8, 6, 6, 5))
     np.testing.assert_allclose(conv(x), conv.conv(x), atol=2e-5)
+
+
+def test_command_line_runs_the_vae_task(tmp_path):
+    """``python -m vidjax.train --config configs/vae_shapes.py`` as the README writes it (the quick variant):
+    the VAE task imports ``vidjax.train`` while it runs as ``__main__``, which must not define the flags twice."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    proc = subprocess.run([sys.executable, "-m", "vidjax.train", "--config", "configs/vae_shapes.py:quick",
+                           "--workdir", str(tmp_path / "work"), f"--config.data.root={tmp_path / 'data'}",
+                           "--config.train.steps=2", "--config.progress=False"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["steps"] == 2

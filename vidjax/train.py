@@ -448,4 +448,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    # vidjax.train_vae imports this module by name: let it find this one, not a second copy that would
+    # define the flags again
+    sys.modules.setdefault("vidjax.train", sys.modules[__name__])
     app.run(main, flags_parser=parse_flags)
