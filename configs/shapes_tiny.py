@@ -104,6 +104,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.model.learn_sigma = True
         c.diffusion = ConfigDict(dict(name="iddpm", learn_sigma=True, sampler="ancestral", caption_dropout=0.1,
                                       sample_steps=100, cfg_scale=4.0))
+    if arg == "latent":  # diffusion in the latent space of a VAE trained by configs/vae_shapes.py (2×4×4×16)
+        c.name = "shapes_tiny_latent"
+        c.vae = ConfigDict(dict(type="checkpoint", path="runs/vae_shapes"))
+        c.model.patch = (1, 1, 1)  # 32 tokens per clip instead of 256
     if arg == "quick":  # CI-sized smoke run: same code path, seconds instead of minutes
         c.name = "shapes_quick"
         c.train.steps, c.train.ckpt_every, c.train.log_every, c.train.warmup, c.train.batch_size = 6, 3, 1, 2, 8
