@@ -1,9 +1,15 @@
 """The default run: a tiny STDiT learns the built-in `shapes` dataset on a laptop CPU (≤ 30 min).
 
+As Open-Sora does, the diffusion model works in a VAE's latent space: stage 0 trains the causal video VAE
+of configs/vae_shapes.py (its ``fast`` schedule) into ``runs/vae_shapes_fast`` when that folder holds no
+trained VAE yet, then the STDiT learns 2×4×4×16 latents (32 tokens per clip).
+
     python -m vidjax.train --config configs/shapes_tiny.py
     python -m vidjax.train --config configs/shapes_tiny.py --config.train.steps=200   # a quick look
+    python -m vidjax.train --config configs/shapes_tiny.py:pixels                    # no VAE: 8×32×32 pixels
+    python -m vidjax.train --config configs/shapes_tiny.py:iddpm                     # Open-Sora v1.0's objective
 
-Everything else is a variant of this file by override (big_vision style).
+Variants combine with commas (``:pixels,iddpm``); everything else is an override (big_vision style).
 """
 
 from ml_collections import ConfigDict
@@ -33,8 +39,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # text: a small trainable word embedding (T5 / CLIP for real captions)
     c.text = ConfigDict(dict(encoder="trainable", vocab_size=512, max_length=8, dim=64))
 
-    # compression: raw pixels
-    c.vae = ConfigDict(dict(type="raw"))
+    # compression: a causal 3D VAE (4×8×8) trained on the same clips by stage 0 when absent
+    c.vae = ConfigDict(dict(type="checkpoint", path="runs/vae_shapes_fast", train_config="configs/vae_shapes.py:fast"))
 
     # denoiser: STDiT with Open-Sora v1.0 blocks
     c.model = ConfigDict(dict(
@@ -44,7 +50,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         hidden=128,
         heads=4,
         mlp_ratio=4.0,
-        patch=(2, 4, 4),
+        patch=(1, 1, 1),
         learn_sigma=False,
         space_scale=1.0,
         time_scale=1.0,
@@ -71,7 +77,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         sample_method="logit-normal",
         use_timestep_transform=False,
         transform_scale=1.0,  # with use_timestep_transform: shift ratio = sqrt(H·W·64/512²)·sqrt(T)·scale
-        prediction="x0",  # x0 | v (Open-Sora v1.2); x0 gives one coherent object here (README)
+        prediction="v",  # v (Open-Sora v1.2) | x0 (the network outputs clean data; better on raw pixels)
         loss_weight="v",  # v (Open-Sora) | x0: velocity MSE × s², i.e. the clean-data MSE
         caption_dropout=0.1,
         sample_steps=30,
@@ -79,7 +85,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     ))
 
     c.train = ConfigDict(dict(
-        steps=2000,
+        steps=4000,
         batch_size=16,
         lr=1e-3,
         final_lr_frac=0.1,
@@ -97,18 +103,24 @@ def get_config(arg: str | None = None) -> ConfigDict:
     ))
 
     # after training: sample the evaluation prompts and score them
-    c.sample = ConfigDict(dict(num_prompts=48, seed=0, fps=8, batch_size=48, eval_every=500))
+    c.sample = ConfigDict(dict(num_prompts=48, seed=0, fps=8, batch_size=48, eval_every=1000))
 
-    if arg == "iddpm":  # Open-Sora v1.0's objective: eps + learned-range variance, ancestral sampling
-        c.name = "shapes_tiny_iddpm"
+    variants = [a for a in (arg or "").split(",") if a]
+    unknown = set(variants) - {"pixels", "iddpm", "quick"}
+    if unknown:
+        raise ValueError(f"unknown variant(s) {sorted(unknown)} of configs/shapes_tiny.py; expected pixels, iddpm "
+                         "or quick (comma-separated)")
+    if "pixels" in variants or "quick" in variants:  # no VAE: 2×4×4 patches of raw pixels, 256 tokens per clip
+        c.name = "shapes_tiny_pixels"
+        c.vae = ConfigDict(dict(type="raw"))
+        c.model.patch = (2, 4, 4)
+        c.diffusion.prediction = "x0"  # v-prediction leaves patch-shaped fragments here (README)
+    if "iddpm" in variants:  # Open-Sora v1.0's objective: eps + learned-range variance, ancestral sampling
+        c.name += "_iddpm"
         c.model.learn_sigma = True
         c.diffusion = ConfigDict(dict(name="iddpm", learn_sigma=True, sampler="ancestral", caption_dropout=0.1,
                                       sample_steps=100, cfg_scale=4.0))
-    if arg == "latent":  # diffusion in the latent space of a VAE trained by configs/vae_shapes.py (2×4×4×16)
-        c.name = "shapes_tiny_latent"
-        c.vae = ConfigDict(dict(type="checkpoint", path="runs/vae_shapes"))
-        c.model.patch = (1, 1, 1)  # 32 tokens per clip instead of 256
-    if arg == "quick":  # CI-sized smoke run: same code path, seconds instead of minutes
+    if "quick" in variants:  # CI-sized smoke run: same code path, seconds instead of minutes
         c.name = "shapes_quick"
         c.train.steps, c.train.ckpt_every, c.train.log_every, c.train.warmup, c.train.batch_size = 6, 3, 1, 2, 8
         c.model.depth, c.model.hidden = 2, 64

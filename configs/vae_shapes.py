@@ -94,6 +94,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     elif arg == "adversarial":
         c.name = "vae_shapes_adv"
         c.loss.adversarial_weight, c.loss.adversarial_start = 0.05, 1000
+    elif arg == "fast":  # stage 0 of configs/shapes_tiny.py: the same model on a shorter schedule (~9 minutes)
+        c.name = "vae_shapes_fast"
+        c.train.steps = 1600
     elif arg == "quick":  # CI-sized: same code path, seconds
         c.name = "vae_shapes_quick"
         c.data.num_clips, c.data.root = 32, "data/shapes_quick"
@@ -101,5 +104,5 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.train.update(steps=6, batch_size=4, warmup=2, log_every=1, ckpt_every=3)
         c.eval.update(clips=4, batch_size=4, every=0, show=2)
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} of configs/vae_shapes.py; expected vq, adversarial or quick")
+        raise ValueError(f"unknown variant {arg!r} of configs/vae_shapes.py; expected vq, adversarial, fast or quick")
     return c

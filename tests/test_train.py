@@ -46,9 +46,38 @@ def test_run_writes_everything(full_run):
     samples = sorted((work / "samples").glob("*.mp4"))
     assert len(samples) == 4 and (work / "samples" / "grid.png").stat().st_size > 0
     assert (work / "loss.png").exists() and list((work / "tb").glob("events.*"))
+    assert (work / "eval_curve.png").stat().st_size > 0  # accuracy versus training minutes
     ev = json.loads((work / "samples" / "eval_train.json").read_text())
     assert ev["summary"]["n"] == 4 and set(ev["summary"]) >= {"colour", "shape", "motion", "all"}
     assert (work / "checkpoints" / "8").is_dir()
+
+
+def test_stage0_trains_the_vae_then_the_denoiser_in_its_latents(tmp_path):
+    """The default pipeline's shape: ``vae.type="checkpoint"`` with a ``train_config`` trains that VAE on the
+    same clips first, then the denoiser on its latents; once the VAE is there, it is not trained again."""
+    from ml_collections import ConfigDict
+
+    c = quick_config(tmp_path, **{"train.steps": 2, "train.ckpt_every": 2})
+    c.vae = ConfigDict(dict(type="checkpoint", path=str(tmp_path / "vae"),
+                            train_config=f"{REPO / 'configs/vae_shapes.py'}:quick"))
+    c.model.patch = (1, 1, 1)
+    summary = train.run(c, tmp_path / "work")
+    assert summary["vae_stage"]["steps"] == 6 and (tmp_path / "vae" / "vae_weights").is_dir()
+    assert (tmp_path / "vae" / "eval_curve.jsonl").exists() or (tmp_path / "vae" / "summary.json").exists()
+    assert summary["steps"] == 2 and summary["eval"]["n"] == 4
+    assert train.prepare_vae(c) is None  # already trained
+    meta = json.loads((tmp_path / "work" / "summary.json").read_text())
+    assert meta["vae_stage"]["psnr"] == summary["vae_stage"]["psnr"]
+
+
+def test_config_variants_combine():
+    assert get_config().vae.type == "checkpoint" and tuple(get_config().model.patch) == (1, 1, 1)
+    c = get_config("pixels,iddpm")
+    assert c.vae.type == "raw" and tuple(c.model.patch) == (2, 4, 4)
+    assert c.diffusion.name == "iddpm" and c.model.learn_sigma and c.name == "shapes_tiny_pixels_iddpm"
+    assert get_config("iddpm").vae.type == "checkpoint"
+    with pytest.raises(ValueError, match="unknown variant"):
+        get_config("pixel")
 
 
 def test_sigkill_then_rerun_resumes_with_identical_losses(full_run, tmp_path):

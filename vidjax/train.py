@@ -22,6 +22,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from absl import app, flags
@@ -30,13 +31,14 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from vidjax.checkpoint import Checkpointer
+from vidjax.config import load_config_module
 from vidjax.data import shapes
 from vidjax.data.captions import CaptionFileError, load_captions
 from vidjax.data.loader import VideoSource, make_dataset, make_transform, probe_records
 from vidjax.data.video_io import VideoReadError
 from vidjax.diffusion import build_diffusion
 from vidjax.models.t2v import build_model, build_tokenizer, trainable
-from vidjax.models.vae import build_vae
+from vidjax.models.vae import VAE_WEIGHTS_DIR, build_vae
 from vidjax.parallel import distributed
 from vidjax.parallel import sharding as shd
 from vidjax.parallel.mesh import describe, make_mesh
@@ -197,6 +199,28 @@ def _setup_logging(workdir: Path) -> None:
     root.setLevel(logging.INFO)
 
 
+def prepare_vae(config) -> dict | None:
+    """Stage 0: with ``vae.type == "checkpoint"`` and a ``vae.train_config``, train that VAE into ``vae.path``
+    first, on the same data, when the path holds no finished weights yet (a killed stage resumes like any
+    run). Returns the VAE run's summary, or None when there was nothing to do."""
+    v = config.vae
+    if v.get("type") != "checkpoint" or not v.get("train_config"):
+        return None
+    if (Path(v.path) / VAE_WEIGHTS_DIR).is_dir():
+        return None
+    if jax.process_count() > 1:
+        raise ValueError(f"vae.path={v.path!r} holds no trained VAE; train it first with "
+                         f"python -m vidjax.train --config {v.train_config} --workdir {v.path}")
+    from vidjax import train_vae
+
+    file, _, variant = v.train_config.partition(":")
+    vae_config = load_config_module(file).get_config(variant or None)
+    vae_config.data = ml_collections.ConfigDict(config.data.to_dict())  # the same clips
+    vae_config.progress = config.progress
+    log.info("stage 0: training the VAE %s into %s", v.train_config, v.path)
+    return train_vae.run(vae_config, v.path)
+
+
 def run(config, workdir: str | Path) -> dict:
     """Train (or resume) in ``workdir``; returns a summary dict (also written to summary.json).
 
@@ -209,11 +233,12 @@ def run(config, workdir: str | Path) -> dict:
     workdir = Path(workdir)
     distributed.initialize(config)
     primary = distributed.is_primary()
+    t_start = time.time()
+    vae_summary = prepare_vae(config)
     _setup_logging(workdir)
     check_config(config)
     mesh = make_mesh(config)
     shd.check_batch(config.train.batch_size, mesh)
-    t_start = time.time()
     progress = config.progress and primary
 
     # data: the first process generates the built-in set, then every process reads it
@@ -334,6 +359,8 @@ def run(config, workdir: str | Path) -> dict:
             summary["eval"] = report["summary"]
             print(_format_eval(report["summary"]), file=sys.stderr)
         distributed.barrier("final_eval")
+    if vae_summary is not None:
+        summary["vae_stage"] = {k: vae_summary[k] for k in ("steps", "psnr", "ssim", "total_minutes")}
     summary["total_minutes"] = round((time.time() - t_start) / 60, 2)
     if primary:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -356,6 +383,7 @@ def _periodic_eval(model, config, vae, diffusion, tokenizer, step: int, train_se
     row = {"step": step, "train_minutes": round(train_seconds / 60, 2), **report["summary"]}
     with (workdir / "eval_curve.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
+    _plot_eval(workdir / "eval_curve.jsonl", workdir / "eval_curve.png")
     if writer is not None:
         for k in ("colour", "shape", "motion", "all"):
             writer.add_scalar(f"eval/{k}", report["summary"][k], step)
@@ -399,6 +427,29 @@ def _plot_loss(metrics_path: Path, out: Path) -> None:
     ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def _plot_eval(curve_path: Path, out: Path) -> None:
+    """Accuracy versus training minutes (one line per judged attribute, chance dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vidjax.evaluate import CHANCE
+
+    rows = [json.loads(ln) for ln in curve_path.read_text().splitlines() if ln.strip()]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, k in enumerate(("colour", "shape", "motion", "all")):
+        ax.plot([r["train_minutes"] for r in rows], [100 * r[k] for r in rows], "o-", color=f"C{i}", label=k)
+        ax.axhline(100 * CHANCE[k], color=f"C{i}", ls=":", lw=1)
+    ax.set_xlabel("training minutes")
+    ax.set_ylabel("accuracy (%)  (dotted: chance)")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

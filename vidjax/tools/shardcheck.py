@@ -1,7 +1,8 @@
 """How does a config sit on a mesh? Memory per device and the collectives of one train step.
 
     python -m vidjax.tools.shardcheck --config configs/shapes_tiny.py:quick --mesh data=2,fsdp=2,sequence=2
-    python -m vidjax.tools.shardcheck --config configs/shapes_tiny.py --mesh fsdp=8 --set data.frames=32 --json out.json
+    python -m vidjax.tools.shardcheck --config configs/shapes_tiny.py:pixels --mesh fsdp=8 --set data.frames=32 \
+        --json out.json
 
 Nothing is allocated or run: the model is built abstractly (``nnx.eval_shape``), the train step of
 ``vidjax.train`` is lowered with its real shardings and compiled for the mesh, and the report reads
@@ -175,7 +176,7 @@ def _mesh_devices(mesh_text: str) -> int | None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m vidjax.tools.shardcheck", description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="configs/shapes_tiny.py", help="config file, optionally path.py:arg")
+    p.add_argument("--config", default="configs/shapes_tiny.py:pixels", help="config file, optionally path.py:arg")
     p.add_argument("--mesh", default="", help="mesh sizes, e.g. data=2,fsdp=2,sequence=2 (default: config.mesh)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable (e.g. model.depth=2, data.frames=32)")

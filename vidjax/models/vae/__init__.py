@@ -19,7 +19,9 @@ Every compressor exposes the same interface (channels-last, videos in [-1, 1]):
 ``vq_vae``         VideoGPT-style VQ-VAE
 ``checkpoint``     a VAE trained by ``vidjax.train``: ``path`` (its workdir, whose ``vae_weights/`` holds the
                    weights, or a folder written by :func:`save_vae_weights`); the architecture is ``arch``
-                   (an entry like the ones above) or read from ``<path>/vae_config.json``
+                   (an entry like the ones above) or read from ``<path>/vae_config.json``;
+                   with ``train_config`` (a VAE config file, e.g. ``"configs/vae_shapes.py"``), ``vidjax.train``
+                   first trains that VAE into ``path`` when it holds no finished weights (stage 0)
 =================  =======================================================================================
 
 Without ``from_pretrained`` a model is randomly initialised (``seed``) from ``model=dict(...)`` config
@@ -135,6 +137,7 @@ def build_vae(config: Any) -> VideoVAE:
     mbs, mfs = c.pop("micro_batch_size", 4), c.pop("micro_frame_size", 17)
     if kind == "checkpoint":
         path, arch = c.pop("path"), c.pop("arch", None)
+        c.pop("train_config", None)  # how vidjax.train makes the VAE when ``path`` has none (``prepare_vae``)
         if c:
             raise ValueError(f"unused keys in the 'checkpoint' vae config: {sorted(c)}")
         if arch is None:
