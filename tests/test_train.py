@@ -167,3 +167,16 @@ def test_sample_cli_from_workdir(full_run, tmp_path):
     assert read_video(out).shape == (config.data.frames, config.data.height, config.data.width, 3)
     with pytest.raises(SystemExit):
         sample.main(["--workdir", str(tmp_path / "nothing"), "--prompt", "x", "--out", str(out)])
+
+
+def test_write_metrics_logs_rows_and_stops_on_nan(tmp_path):
+    """Both training tasks log through one ``write_metrics``: rows up to a non-finite loss are kept, then a
+    one-line error (a USER_ERRORS type) names the step."""
+    path = tmp_path / "metrics.jsonl"
+    with path.open("w") as mf:
+        rows = train.write_metrics([(1, {"loss": np.float32(0.5)}), (2, {"loss": 0.25, "psnr": 20.0})], mf, None)
+        assert [r["step"] for r in rows] == [1, 2]
+        with pytest.raises(FloatingPointError, match="at step 3"):
+            train.write_metrics([(3, {"loss": float("nan")})], mf, None)
+    assert losses(tmp_path) == {1: 0.5, 2: 0.25}
+    assert FloatingPointError in train.USER_ERRORS

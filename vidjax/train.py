@@ -45,7 +45,7 @@ from vidjax.parallel.mesh import describe, make_mesh
 
 log = logging.getLogger("vidjax.train")
 
-USER_ERRORS = (CaptionFileError, VideoReadError, ValueError, FileNotFoundError, KeyError)
+USER_ERRORS = (CaptionFileError, VideoReadError, ValueError, FileNotFoundError, KeyError, FloatingPointError)
 
 
 # --------------------------------------------------------------------------------------
@@ -317,14 +317,7 @@ def run(config, workdir: str | Path) -> dict:
             pending.append((step + 1, m))
             done = step + 1
             if done % t.log_every == 0 or done == t.steps or done % t.ckpt_every == 0:
-                for s, mm in shd.to_host(pending):
-                    rec = {"step": s, **{k: float(v) for k, v in mm.items()}}
-                    mf.write(json.dumps(rec) + "\n")
-                    if writer is not None:
-                        for k, v in rec.items():
-                            if k != "step":
-                                writer.add_scalar(f"train/{k}", v, s)
-                mf.flush()
+                rec = write_metrics(shd.to_host(pending), mf, writer)[-1]
                 rate = (done - start) / max(time.time() - t_loop, 1e-9)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", steps_per_s=f"{rate:.2f}")
                 bar.update(len(pending))
@@ -405,6 +398,24 @@ def _tb_writer(workdir: Path):
     except ImportError:  # pragma: no cover
         return None
     return SummaryWriter(str(workdir / "tb"))
+
+
+def write_metrics(pending, mf, writer) -> list[dict]:
+    """Append host-side ``[(step, {name: value})]`` as JSON lines to ``mf`` (and TensorBoard ``train/<name>``);
+    returns the rows. A non-finite loss stops the run with an error instead of training on NaN."""
+    rows = []
+    for step, metrics in pending:
+        rec = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        if not np.isfinite(rec["loss"]):
+            raise FloatingPointError(f"loss is {rec['loss']} at step {step}: lower config.train.lr or the loss weights")
+        mf.write(json.dumps(rec) + "\n")
+        if writer is not None:
+            for k, v in rec.items():
+                if k != "step":
+                    writer.add_scalar(f"train/{k}", v, step)
+        rows.append(rec)
+    mf.flush()
+    return rows
 
 
 def _plot_loss(metrics_path: Path, out: Path) -> None:

@@ -402,17 +402,7 @@ def run(config, workdir: str | Path) -> dict:
             pending.append((step + 1, m))
             done = step + 1
             if done % t.log_every == 0 or done == t.steps or done % t.ckpt_every == 0:
-                for s, mm in jax.device_get(pending):
-                    rec = {"step": s, **{k: float(v) for k, v in mm.items()}}
-                    if not np.isfinite(rec["loss"]):
-                        raise FloatingPointError(f"loss is {rec['loss']} at step {s}: lower config.train.lr "
-                                                 "or the loss weights")
-                    mf.write(json.dumps(rec) + "\n")
-                    if writer is not None:
-                        for k, v in rec.items():
-                            if k != "step":
-                                writer.add_scalar(f"train/{k}", v, s)
-                mf.flush()
+                rec = train.write_metrics(jax.device_get(pending), mf, writer)[-1]
                 rate = (done - start) / max(time.time() - t_loop - eval_seconds, 1e-9)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.1f}", steps_per_s=f"{rate:.2f}")
                 bar.update(len(pending))
@@ -480,7 +470,7 @@ def main(argv) -> None:
     workdir = train._WORKDIR.value or f"runs/{config.get('name', 'vae')}"
     try:
         summary = run(config, workdir)
-    except (*train.USER_ERRORS, FloatingPointError) as err:
+    except train.USER_ERRORS as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"vidjax.train_vae: error: {msg}", file=sys.stderr)
         sys.exit(2)
