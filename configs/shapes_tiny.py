@@ -1,7 +1,7 @@
 """The default run: a tiny STDiT learns the built-in `shapes` dataset on a laptop CPU (≤ 30 min).
 
 As Open-Sora does, the diffusion model works in a VAE's latent space: stage 0 trains the causal video VAE
-of configs/vae_shapes.py (its ``fast`` schedule) into ``runs/vae_shapes_fast`` when that folder holds no
+of configs/vae_shapes.py (its ``stage0`` schedule) into ``runs/vae_shapes_stage0`` when that folder holds no
 trained VAE yet, then the STDiT learns 2×4×4×16 latents (32 tokens per clip).
 
     python -m vidjax.train --config configs/shapes_tiny.py
@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         width=32,
         frame_interval=1,
         cache_in_memory=True,
+        cache_latents=True,  # latent precompute: the frozen VAE encodes every clip once, not every step
         num_threads=2,
     ))
 
@@ -40,7 +41,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.text = ConfigDict(dict(encoder="trainable", vocab_size=512, max_length=8, dim=64))
 
     # compression: a causal 3D VAE (4×8×8) trained on the same clips by stage 0 when absent
-    c.vae = ConfigDict(dict(type="checkpoint", path="runs/vae_shapes_fast", train_config="configs/vae_shapes.py:fast"))
+    c.vae = ConfigDict(dict(type="checkpoint", path="runs/vae_shapes_stage0",
+                            train_config="configs/vae_shapes.py:stage0"))
 
     # denoiser: STDiT with Open-Sora v1.0 blocks
     c.model = ConfigDict(dict(

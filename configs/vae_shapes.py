@@ -3,6 +3,7 @@
     python -m vidjax.train --config configs/vae_shapes.py             # causal KL-VAE, 4×8×8
     python -m vidjax.train --config configs/vae_shapes.py:vq          # VideoGPT-style VQ-VAE, 4×8×8
     python -m vidjax.train --config configs/vae_shapes.py:adversarial # + PatchGAN term after step 1000
+    python -m vidjax.train --config configs/vae_shapes.py:stage0      # batch 4: stage 0 of shapes_tiny.py
     python -m vidjax.train --config configs/vae_shapes.py:quick       # seconds: the CI smoke run
 
 The trained VAE is then a ``vae`` entry for the diffusion configs:
@@ -94,9 +95,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     elif arg == "adversarial":
         c.name = "vae_shapes_adv"
         c.loss.adversarial_weight, c.loss.adversarial_start = 0.05, 1000
-    elif arg == "fast":  # stage 0 of configs/shapes_tiny.py: the same model on a shorter schedule (~9 minutes)
-        c.name = "vae_shapes_fast"
-        c.train.steps = 1600
+    elif arg == "stage0":  # stage 0 of configs/shapes_tiny.py: the same model, batch 4 (more steps per minute)
+        c.name = "vae_shapes_stage0"
+        c.train.update(steps=5000, batch_size=4, ckpt_every=1000)
+        c.eval.every = 1000
     elif arg == "quick":  # CI-sized: same code path, seconds
         c.name = "vae_shapes_quick"
         c.data.num_clips, c.data.root = 32, "data/shapes_quick"
@@ -104,5 +106,5 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.train.update(steps=6, batch_size=4, warmup=2, log_every=1, ckpt_every=3)
         c.eval.update(clips=4, batch_size=4, every=0, show=2)
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} of configs/vae_shapes.py; expected vq, adversarial, fast or quick")
+        raise ValueError(f"unknown variant {arg!r} of configs/vae_shapes.py; expected vq, adversarial, stage0 or quick")
     return c

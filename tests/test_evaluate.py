@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from vidjax.data import shapes
-from vidjax.evaluate import CHANCE, detect, score
+from vidjax.evaluate import CHANCE, agreement, detect, score
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +46,12 @@ def test_static_or_empty_clips_never_count_as_motion():
     assert detect(still)["motion"] is None
     blank = np.full_like(clip, 24)
     assert detect(blank) == {"colour": None, "shape": None, "motion": None}
+
+
+def test_agreement_is_one_on_copies_and_drops_when_blur_rounds_the_shapes(truth):
+    clips = np.stack(truth[0][:24])
+    assert agreement(clips, clips.copy()) == {"colour": 1.0, "shape": 1.0, "motion": 1.0, "all": 1.0}
+    blurred = ndimage.gaussian_filter(clips.astype(np.float32), sigma=(0, 0, 1.6, 1.6, 0)).round().astype(np.uint8)
+    a = agreement(clips, blurred)
+    assert a["shape"] < 0.8 and a["all"] <= a["shape"], a  # a soft-edged triangle reads as a circle
+    assert a["colour"] == 1.0, a

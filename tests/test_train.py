@@ -68,6 +68,14 @@ def test_stage0_trains_the_vae_then_the_denoiser_in_its_latents(tmp_path):
     assert train.prepare_vae(c) is None  # already trained
     meta = json.loads((tmp_path / "work" / "summary.json").read_text())
     assert meta["vae_stage"]["psnr"] == summary["vae_stage"]["psnr"]
+    # latent precompute (data.cache_latents, on by default) trains on exactly what encoding every batch gives
+    assert "latent precompute: 64 clips encoded" in (tmp_path / "work" / "train.log").read_text()
+    c.data.cache_latents = False
+    train.run(c, tmp_path / "online")
+    assert "latent precompute" not in (tmp_path / "online" / "train.log").read_text()
+    cached, online = losses(tmp_path / "work"), losses(tmp_path / "online")
+    assert sorted(cached) == sorted(online) == [1, 2]
+    assert all(abs(cached[k] - online[k]) <= 1e-5 * abs(online[k]) for k in cached), (cached, online)
 
 
 def test_config_variants_combine():

@@ -40,6 +40,7 @@ def test_run_trains_and_writes_everything(full_run):
     assert summary["compression"] == "4x8x8" and summary["latent"] == [2, 4, 4, 4]
     assert summary["eval_split"] == "heldout" and summary["eval_clips"] == 4
     assert np.isfinite(summary["psnr"]) and 0 < summary["ssim"] <= 1
+    assert all(0 <= summary[f"detect_{k}"] <= 1 for k in ("colour", "shape", "motion", "all"))  # shapes: the ceiling
     assert json.loads((work / "summary.json").read_text()) == summary
     curve = [json.loads(ln) for ln in (work / "eval_curve.jsonl").read_text().splitlines()]
     assert [r["step"] for r in curve] == [4, 8] and curve[-1]["psnr"] == pytest.approx(summary["psnr"], abs=1e-3)

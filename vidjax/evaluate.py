@@ -91,6 +91,15 @@ def score(clips, targets: list[tuple[str, str, str]]) -> dict:
     return {"summary": summary, "rows": rows}
 
 
+def agreement(originals, reconstructions) -> dict[str, float]:
+    """How often the detector reads the same colour / shape / motion from a reconstruction as from its
+    original (clips uint8 [N, T, H, W, 3]): a compressor's ceiling for :func:`score` on ``shapes``."""
+    pairs = [(detect(np.asarray(a)), detect(np.asarray(b))) for a, b in zip(originals, reconstructions, strict=True)]
+    out = {k: sum(a[k] == b[k] for a, b in pairs) / max(len(pairs), 1) for k in ("colour", "shape", "motion")}
+    out["all"] = sum(a == b for a, b in pairs) / max(len(pairs), 1)
+    return out
+
+
 def evaluate_model(model, config, vae, diffusion, tokenizer, out_dir: Path | None = None, split: str = "train",
                    num_prompts: int | None = None) -> dict:
     """Sample ``config.sample.num_prompts`` prompts covering every seen combination, and score them.

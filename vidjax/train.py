@@ -34,7 +34,7 @@ from vidjax.checkpoint import Checkpointer
 from vidjax.config import load_config_module
 from vidjax.data import shapes
 from vidjax.data.captions import CaptionFileError, load_captions
-from vidjax.data.loader import VideoSource, make_dataset, make_transform, probe_records
+from vidjax.data.loader import VideoSource, encode_clips, make_dataset, make_transform, probe_records
 from vidjax.data.video_io import VideoReadError
 from vidjax.diffusion import build_diffusion
 from vidjax.models.t2v import build_model, build_tokenizer, trainable
@@ -136,7 +136,7 @@ def make_loss_fn(parts: ModelParts, diffusion, vae):
 
     def loss_fn(params, batch, rng, rest=None):
         model = parts.merge(params, rest)
-        x0 = vae.encode(batch["video"])
+        x0 = batch["latent"] if "latent" in batch else vae.encode(batch["video"])  # precomputed, or encode now
         cond = {"ids": batch["ids"], "mask": batch["mask"]}
         return diffusion.loss(lambda x, t, c, drop: model(x, t, c, drop), x0, cond, rng)
 
@@ -190,9 +190,14 @@ def shard_train_step(step_fn, parts: ModelParts, tx, mesh, batch_ndims: dict, se
 def _setup_logging(workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger("vidjax")
+    name = "train.log" if distributed.is_primary() else f"train_process{jax.process_index()}.log"
+    path = os.path.abspath(workdir / name)
+    for h in [h for h in root.handlers if getattr(h, "_vidjax", False)]:
+        if h.baseFilename != path:  # a later run in the same process (stage 0, then the denoiser) logs to its own
+            root.removeHandler(h)
+            h.close()
     if not any(getattr(h, "_vidjax", False) for h in root.handlers):
-        name = "train.log" if distributed.is_primary() else f"train_process{jax.process_index()}.log"
-        fh = logging.FileHandler(workdir / name)
+        fh = logging.FileHandler(path)
         fh._vidjax = True
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(fh)
@@ -254,20 +259,31 @@ def run(config, workdir: str | Path) -> dict:
         print(f"skipped {len(skipped)} unreadable clip(s); see {workdir / 'skipped_clips.txt'}", file=sys.stderr)
     tokenizer = build_tokenizer(config)
     d = config.data
+    vae = build_vae(config.vae)
+    check_parallel(config, mesh, vae)
+    source = VideoSource(records, clips)
+    if d.get("cache_latents", False) and config.vae.type != "raw":
+        if clips is None:
+            log.warning("config.data.cache_latents: the clips are not held in memory (config.data.cache_in_memory "
+                        "is off or they exceed 2 GiB); encoding every batch instead")
+        else:  # latent precompute: the frozen VAE encodes each clip once, the step skips the encoder
+            t_enc = time.time()
+            latents = encode_clips(jax.jit(vae.encode), clips, d.frames, d.height, d.width, d.frame_interval,
+                                   progress=progress)
+            source = VideoSource(records, latents, latents=True)
+            log.info("latent precompute: %d clips encoded to %s in %.1f s", len(latents), latents[0].shape,
+                     time.time() - t_enc)
     transform = make_transform(d.frames, d.height, d.width, tokenizer, d.frame_interval)
     B = config.train.batch_size
     if jax.process_count() == 1:
-        dataset = make_dataset(VideoSource(records, clips), transform, batch_size=B, seed=config.seed,
-                               num_threads=d.num_threads)
+        dataset = make_dataset(source, transform, batch_size=B, seed=config.seed, num_threads=d.num_threads)
     else:  # each process reads only the rows its devices hold
-        dataset = distributed.process_dataset(VideoSource(records, clips), transform, global_size=B,
+        dataset = distributed.process_dataset(source, transform, global_size=B,
                                               rows=distributed.process_rows(mesh, B), seed=config.seed,
                                               num_threads=d.num_threads)
     data_iter = iter(dataset)
 
     # model, objective, optimizer
-    vae = build_vae(config.vae)
-    check_parallel(config, mesh, vae)
     model = build_model(config, nnx.Rngs(config.seed), latent_channels=vae.latent_channels)
     if config.train.init_from:  # PixArt-α / Open-Sora / exported weights; overwritten by a resume below
         from vidjax.interop import load_pretrained
@@ -279,7 +295,7 @@ def run(config, workdir: str | Path) -> dict:
     parts = ModelParts(model, trainable(model))
     t = config.train
     step_fn = make_train_step(parts, tx, diffusion, vae, t.ema_decay)
-    jit_step, shardings = shard_train_step(step_fn, parts, tx, mesh, {"video": 5, "ids": 2, "mask": 2}, config.seed)
+    jit_step, shardings = shard_train_step(step_fn, parts, tx, mesh, {source.key: 5, "ids": 2, "mask": 2}, config.seed)
     params = shd.place(parts.params, shardings["params"])  # each device receives only its slice
     parts.rest = shd.place(parts.rest, shardings["rest"])
     opt_state = jax.jit(tx.init, out_shardings=shardings["opt"])(params)

@@ -55,6 +55,7 @@ from vidjax.data import shapes
 from vidjax.data.captions import load_captions
 from vidjax.data.loader import VideoSource, make_dataset, make_transform, probe_records
 from vidjax.data.video_io import frame_grid, resize_clip, save_png
+from vidjax.evaluate import agreement
 from vidjax.models.vae import VAE_CONFIG_FILE, VAE_WEIGHTS_DIR, build_vae, gaussian_kl, save_vae_weights
 from vidjax.models.vae.kl import group_norm
 from vidjax.models.vae.temporal import CausalConv3d
@@ -291,14 +292,20 @@ def heldout_clips(config, train_records, workdir: Path) -> tuple[np.ndarray, str
     else:
         log.warning("no held-out clips (config.eval.captions is empty): evaluating on training clips")
         records, split = train_records, "train"
-    records, clips, _ = probe_records(records[: e.clips], d.frames, d.frame_interval,
-                                      report=workdir / "skipped_eval_clips.txt", keep_decoded=True, progress=False)
+    return decode_clips(records[: e.clips], d, report=workdir / "skipped_eval_clips.txt"), split
+
+
+def decode_clips(records, d, report: Path | None = None) -> np.ndarray:
+    """The first ``d.frames`` frames (every ``d.frame_interval``-th) of each readable clip, at the
+    training resolution: uint8 [N, T, H, W, 3]."""
+    _, clips, _ = probe_records(records, d.frames, d.frame_interval, report=report, keep_decoded=True,
+                                progress=False)
     span = (d.frames - 1) * d.frame_interval + 1
-    return np.stack([resize_clip(c[:span:d.frame_interval], d.height, d.width) for c in clips]), split
+    return np.stack([resize_clip(c[:span:d.frame_interval], d.height, d.width) for c in clips])
 
 
-def evaluate(reconstruct, params, rest, clips: np.ndarray, batch_size: int) -> tuple[dict, np.ndarray]:
-    """Reconstruct uint8 clips in batches -> (PSNR / SSIM / latent mean and std, reconstructions uint8)."""
+def reconstruct_clips(reconstruct, params, rest, clips: np.ndarray, batch_size: int):
+    """uint8 clips [N, T, H, W, 3] -> (reconstructions in [0, 1] (float, unclipped), latents), in batches."""
     outs, zs = [], []
     for i in range(0, len(clips), batch_size):
         x = clips[i : i + batch_size].astype(np.float32) / 127.5 - 1.0
@@ -308,10 +315,28 @@ def evaluate(reconstruct, params, rest, clips: np.ndarray, batch_size: int) -> t
         recon, z = jax.device_get(reconstruct(params, rest, jnp.asarray(x)))
         outs.append(recon[:n])
         zs.append(z[:n])
-    recon, z = (np.concatenate(outs) + 1) / 2, np.concatenate(zs)
+    return (np.concatenate(outs) + 1) / 2, np.concatenate(zs)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def evaluate(reconstruct, params, rest, clips: np.ndarray, batch_size: int,
+             seen_clips: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """Reconstruct held-out uint8 clips -> (PSNR / SSIM / latent mean and std, reconstructions uint8).
+
+    ``seen_clips`` (training clips of ``shapes``) adds ``detect_{colour,shape,motion,all}``: how often
+    vidjax.evaluate's detector reads the same attributes from their reconstructions as from the originals.
+    That is the ceiling of the diffusion model's score on seen prompts when it samples in this latent space.
+    """
+    recon, z = reconstruct_clips(reconstruct, params, rest, clips, batch_size)
     metrics = video_metrics(clips.astype(np.float64) / 255.0, recon)
     metrics.update(latent_mean=float(z.mean()), latent_std=float(z.std()))
-    return metrics, np.round(np.clip(recon, 0, 1) * 255).astype(np.uint8)
+    if seen_clips is not None:
+        seen = to_uint8(reconstruct_clips(reconstruct, params, rest, seen_clips, batch_size)[0])
+        metrics.update({f"detect_{k}": v for k, v in agreement(seen_clips, seen).items()})
+    return metrics, to_uint8(recon)
 
 
 def save_recon_grid(path: Path, clips: np.ndarray, recon: np.ndarray, n: int) -> None:
@@ -349,6 +374,9 @@ def run(config, workdir: str | Path) -> dict:
                            num_threads=d.num_threads)
     data_iter = iter(dataset)
     eval_clips, eval_split = heldout_clips(config, records, workdir)
+    seen_clips = None  # shapes: also measure what the detector reads back from reconstructed training clips
+    if not d.captions:
+        seen_clips = decode_clips(records[: e.clips], d)
 
     # model, optimizer
     entry, kind = vae_entry(config), config.vae.type
@@ -412,7 +440,8 @@ def run(config, workdir: str | Path) -> dict:
                           data_iter=data_iter, config=config)
             if e.every and done % e.every == 0 and done < t.steps:
                 t_eval = time.time()
-                em, _ = evaluate(reconstruct, state["ema"], state["rest"]["vae"], eval_clips, e.batch_size)
+                em, _ = evaluate(reconstruct, state["ema"], state["rest"]["vae"], eval_clips, e.batch_size,
+                                 seen_clips)
                 _log_eval(curve_path, writer, done, (t_eval - t_loop - eval_seconds) / 60, em)
                 eval_seconds += time.time() - t_eval
     bar.close()
@@ -420,7 +449,7 @@ def run(config, workdir: str | Path) -> dict:
     train_minutes = (time.time() - t_loop - eval_seconds) / 60
 
     # final evaluation with the EMA weights; the weights build_vae loads
-    em, recon = evaluate(reconstruct, state["ema"], state["rest"]["vae"], eval_clips, e.batch_size)
+    em, recon = evaluate(reconstruct, state["ema"], state["rest"]["vae"], eval_clips, e.batch_size, seen_clips)
     if start < t.steps:
         _log_eval(curve_path, writer, t.steps, train_minutes, em)
     if writer is not None:
@@ -439,6 +468,7 @@ def run(config, workdir: str | Path) -> dict:
         "eval_split": eval_split, "eval_clips": len(eval_clips),
         "psnr": round(em["psnr"], 3), "ssim": round(em["ssim"], 4),
         "latent_mean": round(em["latent_mean"], 4), "latent_std": round(em["latent_std"], 4),
+        **{k: round(v, 4) for k, v in em.items() if k.startswith("detect_")},
     }
     summary["total_minutes"] = round((time.time() - t_start) / 60, 2)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -5,6 +5,9 @@
             --grain: seed, shuffle, repeat, random_map(to_model), batch--> numpy batches
 
 A batch is ``{"video": float32 [B, T, H, W, 3] in [-1, 1], "ids": int32 [B, L], "mask": bool [B, L]}``.
+With latent precompute (:func:`encode_clips`, ``config.data.cache_latents``) the frozen VAE encodes
+every clip once, the source holds latents, and batches carry ``"latent": float32 [B, T', H', W', C]``
+instead of ``"video"``: the training step then skips the encoder.
 The iterator state is a small dict that orbax saves next to the model, so a resumed run
 continues with exactly the batches an uninterrupted run would have seen.
 """
@@ -63,10 +66,13 @@ def probe_records(records: list[Record], frames: int, frame_interval: int = 1, r
 
 
 class VideoSource:
-    """Random-access source: index -> {"video": uint8 [T_file, H_file, W_file, 3], "captions": tuple}."""
+    """Random-access source: index -> {"video": uint8 [T_file, H_file, W_file, 3], "captions": tuple},
+    or {"latent": float32 [T', H', W', C], "captions": tuple} when built from precomputed latents."""
 
-    def __init__(self, records: list[Record], clips: list[np.ndarray] | None = None):
-        self.records, self.clips = records, clips
+    def __init__(self, records: list[Record], clips: list[np.ndarray] | None = None, latents: bool = False):
+        if latents and clips is None:
+            raise ValueError("VideoSource(latents=True) needs the precomputed latents as `clips`")
+        self.records, self.clips, self.key = records, clips, "latent" if latents else "video"
 
     def __len__(self) -> int:
         return len(self.records)
@@ -74,23 +80,51 @@ class VideoSource:
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
         clip = self.clips[i] if self.clips is not None else read_video(r.path)
-        return {"video": clip, "captions": r.captions}
+        return {self.key: clip, "captions": r.captions}
 
 
 def make_transform(frames: int, height: int, width: int, tokenizer: Callable, frame_interval: int = 1):
     """(record, rng) -> model example: a random window of frames, resized, a random caption, tokenized."""
 
+    span = (frames - 1) * frame_interval + 1
+
     def to_model(ex: dict, rng: np.random.Generator) -> dict:
-        clip = ex["video"]
-        span = (frames - 1) * frame_interval + 1
-        start = int(rng.integers(0, len(clip) - span + 1))
-        clip = resize_clip(clip[start : start + span : frame_interval], height, width)
+        if "latent" in ex:  # precomputed: the one window encode_clips took (same random stream as a clip)
+            rng.integers(0, 1)
+            out = {"latent": np.asarray(ex["latent"], np.float32)}
+        else:
+            clip = ex["video"]
+            start = int(rng.integers(0, len(clip) - span + 1))
+            clip = resize_clip(clip[start : start + span : frame_interval], height, width)
+            out = {"video": clip.astype(np.float32) / 127.5 - 1.0}
         text = ex["captions"][int(rng.integers(len(ex["captions"])))]
         ids, mask = tokenizer([text])
-        video = clip.astype(np.float32) / 127.5 - 1.0
-        return {"video": video, "ids": ids[0], "mask": mask[0]}
+        return {**out, "ids": ids[0], "mask": mask[0]}
 
     return to_model
+
+
+def encode_clips(encode: Callable, clips: list[np.ndarray], frames: int, height: int, width: int,
+                 frame_interval: int = 1, batch_size: int = 16, progress: bool = True) -> list[np.ndarray]:
+    """Latent precompute: ``encode`` (a jitted ``vae.encode``, [B, T, H, W, 3] in [-1, 1] -> latents) applied
+    once to the first window of ``frames`` frames of every decoded clip, at the training resolution.
+
+    Exact for clips that are exactly one window long (``shapes``); a longer clip keeps only its first window.
+    Returns one float32 latent [T', H', W', C] per clip.
+    """
+    span = (frames - 1) * frame_interval + 1
+    if any(len(c) > span for c in clips):
+        log.warning("latent precompute: clips longer than %d frames contribute only their first window", span)
+    out: list[np.ndarray] = []
+    for i in tqdm(range(0, len(clips), batch_size), desc="encoding latents", disable=not progress, unit="batch",
+                  leave=False):
+        x = np.stack([resize_clip(c[:span:frame_interval], height, width) for c in clips[i : i + batch_size]])
+        n = len(x)
+        if n < batch_size:  # one compiled shape: pad the last batch
+            x = np.concatenate([x, np.repeat(x[-1:], batch_size - n, 0)])
+        z = np.asarray(encode(x.astype(np.float32) / 127.5 - 1.0), np.float32)
+        out.extend(z[:n])
+    return out
 
 
 def make_dataset(source: VideoSource, transform, *, batch_size: int, seed: int, shard_index: int = 0,
