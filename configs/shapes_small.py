@@ -1,8 +1,10 @@
-"""A longer `shapes` run (about 2 hours on 2 CPU cores): a wider, deeper STDiT and more steps.
+"""A longer `shapes` run (about 50 minutes on 2 CPU cores, after the default's stage-0 VAE): a wider,
+deeper STDiT (4.9M parameters) and 3× the steps.
 
     python -m vidjax.train --config configs/shapes_small.py
 
-Same data, objective and evaluation as configs/shapes_tiny.py, which this file extends.
+Same data, VAE (``runs/vae_shapes_stage0``, trained first if absent), objective and evaluation as
+configs/shapes_tiny.py, which this file extends.
 """
 
 from pathlib import Path
@@ -20,6 +22,6 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c = _sibling("shapes_tiny").get_config(arg)
     c.name = "shapes_small"
     c.model.update(depth=6, hidden=192, heads=6)
-    c.train.update(steps=6000, batch_size=16, lr=7e-4, warmup=200, ema_decay=0.998, ckpt_every=500)
-    c.sample.eval_every = 1000
+    c.train.update(steps=12000, batch_size=16, lr=7e-4, warmup=200, ema_decay=0.998, ckpt_every=500)
+    c.sample.eval_every = 2000
     return c

@@ -1,5 +1,7 @@
 """The compute estimator agrees with the model (parameters) and with XLA (FLOPs)."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -34,3 +36,11 @@ def test_cli_prints_a_cost(capsys):
           "--steps", "1000", "--chip", "h100", "--chips", "64", "--mfu", "0.2"])
     out = capsys.readouterr().out
     assert "759.6 M parameters" in out and "h100-hours" in out
+
+
+def test_config_uses_the_runs_own_vae_geometry(capsys, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # config paths are relative to the repository
+    main(["--config", "configs/shapes_tiny.py"])  # the stage-0 causal VAE: 8×32×32 -> 2×4×4×16, patch 1
+    assert "32 per sample (2×4×4 latent" in capsys.readouterr().out
+    main(["--config", "configs/shapes_tiny.py:pixels"])  # raw pixels, patch 2×4×4
+    assert "256 per sample (8×32×32 latent" in capsys.readouterr().out

@@ -16,3 +16,9 @@ def load_config_module(path: str | Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_config(spec: str):
+    """``"configs/x.py"`` or ``"configs/x.py:variant"`` -> that file's ``get_config(variant)``."""
+    file, _, variant = str(spec).partition(":")
+    return load_config_module(file).get_config(variant or None)

@@ -74,7 +74,7 @@ def estimate(depth: int, hidden: int, frames: int, height: int, width: int, patc
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m vidjax.estimate", description=__doc__.split("\n")[1])
-    p.add_argument("--config", help="a vidjax config file (reads model, data, train sections)")
+    p.add_argument("--config", help="a vidjax config file, optionally file.py:variant (reads model, data, vae, train)")
     p.add_argument("--model", default=None, help="a named size, e.g. STDiT-XL/2 (overrides --config's)")
     p.add_argument("--frames", type=int, help="latent frames")
     p.add_argument("--height", type=int, help="latent height")
@@ -92,17 +92,19 @@ def main(argv: list[str] | None = None) -> None:
     dims = dict(depth=28, hidden=1152, patch=(1, 2, 2), caption_len=120, caption_channels=4096, in_channels=4)
     frames, height, width, batch, steps = 16, 32, 32, 8, 1000
     if a.config:
-        from vidjax.config import load_config_module
+        from vidjax.config import load_config
 
-        c = load_config_module(a.config).get_config()
+        c = load_config(a.config)
         m = c.model
         base = dict(STDIT_SIZES[m.size]) if m.get("size") else {}
         dims.update(depth=base.get("depth", m.depth), hidden=base.get("hidden", m.hidden),
                     patch=tuple(base.get("patch", m.patch)), caption_len=c.text.max_length,
-                    caption_channels=c.text.dim, in_channels=3 if c.vae.get("type", "raw") == "raw" else 4)
-        frames, height, width = c.data.frames, c.data.height, c.data.width
-        if c.vae.get("type", "raw") != "raw":
-            height, width = height // 8, width // 8
+                    caption_channels=c.text.dim)
+        from vidjax.models.vae import vae_architecture
+
+        vae = vae_architecture(c.vae)  # the run's own compressor (shapes only): its latent size and channels
+        frames, height, width = vae.latent_shape(c.data.frames, c.data.height, c.data.width)
+        dims["in_channels"] = vae.latent_channels
         batch, steps = c.train.batch_size, c.train.steps
     if a.model:
         if a.model not in STDIT_SIZES:

@@ -31,7 +31,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from vidjax.checkpoint import Checkpointer
-from vidjax.config import load_config_module
+from vidjax.config import load_config
 from vidjax.data import shapes
 from vidjax.data.captions import CaptionFileError, load_captions
 from vidjax.data.loader import VideoSource, encode_clips, make_dataset, make_transform, probe_records
@@ -218,8 +218,7 @@ def prepare_vae(config) -> dict | None:
                          f"python -m vidjax.train --config {v.train_config} --workdir {v.path}")
     from vidjax import train_vae
 
-    file, _, variant = v.train_config.partition(":")
-    vae_config = load_config_module(file).get_config(variant or None)
+    vae_config = load_config(v.train_config)
     vae_config.data = ml_collections.ConfigDict(config.data.to_dict())  # the same clips
     vae_config.progress = config.progress
     log.info("stage 0: training the VAE %s into %s", v.train_config, v.path)

@@ -125,6 +125,32 @@ def _dataclass(cls, overrides: Mapping[str, Any] | None, base=None, **extra):
     return dataclasses.replace(base, **kw) if base is not None else cls(**kw)
 
 
+def vae_architecture(config: Any) -> VideoVAE:
+    """The compressor of a ``vae`` entry built abstractly (``nnx.eval_shape``: no weights read, no init), for
+    its ``latent_shape``, ``latent_channels`` and ``downsample`` (planning tools such as vidjax.estimate).
+
+    A ``checkpoint`` entry is resolved from its ``arch``, ``<path>/vae_config.json``, or, before stage 0 has
+    written that, the ``vae`` entry of its ``train_config``.
+    """
+    c = _entry(config)
+    if c.get("type") == "checkpoint":
+        arch, saved = c.get("arch"), os.path.join(c.get("path", ""), VAE_CONFIG_FILE)
+        if arch is None and os.path.isfile(saved):
+            with open(saved) as f:
+                arch = json.load(f)
+        elif arch is None and c.get("train_config"):
+            from vidjax.config import load_config
+
+            arch = load_config(c["train_config"]).vae
+        elif arch is None:
+            raise ValueError(f"vae.path={c.get('path')!r} has no {VAE_CONFIG_FILE} and the entry names no arch or "
+                             "train_config: the VAE's architecture is unknown")
+        c = _entry(arch)
+    for k in ("from_pretrained", "checkpoint", "checkpoint_item"):
+        c.pop(k, None)
+    return nnx.eval_shape(lambda: build_vae(c))
+
+
 def build_vae(config: Any) -> VideoVAE:
     """Build (and load) the compressor described by a ``vae`` config entry; see the module docstring.
 
