@@ -80,6 +80,10 @@ def test_stage0_trains_the_vae_then_the_denoiser_in_its_latents(tmp_path):
 
 def test_config_variants_combine():
     assert get_config().vae.type == "checkpoint" and tuple(get_config().model.patch) == (1, 1, 1)
+    from vidjax.config import load_config
+
+    stage0 = load_config(str(REPO / get_config().vae.train_config))  # the default's stage-0 VAE schedule
+    assert stage0.name == "vae_shapes_stage0" and stage0.train.batch_size == 4 and stage0.train.steps == 5000
     c = get_config("pixels,iddpm")
     assert c.vae.type == "raw" and tuple(c.model.patch) == (2, 4, 4)
     assert c.diffusion.name == "iddpm" and c.model.learn_sigma and c.name == "shapes_tiny_pixels_iddpm"

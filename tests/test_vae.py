@@ -1,6 +1,8 @@
 """Video compressors: diffusers parity of the SD VAE, memory-bounded micro-batching, Open-Sora v1.2's
 causal VAE (torch conv semantics, key names, chunking, padding), the VQ-VAE and ``build_vae``."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,14 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
-from vidjax.models.vae import RawVAE, VideoAutoencoderKL, build_vae, restore_vae_weights, save_vae_weights
+from vidjax.models.vae import (
+    RawVAE,
+    VideoAutoencoderKL,
+    build_vae,
+    restore_vae_weights,
+    save_vae_weights,
+    vae_architecture,
+)
 from vidjax.models.vae.convert import named_variables, read_safetensors
 from vidjax.models.vae.kl import AutoencoderKLConfig, load_diffusers_vae
 from vidjax.models.vae.temporal import (
@@ -419,3 +428,14 @@ def test_build_vae_entries(tmp_path):
     fresh = nnx.eval_shape(lambda: build_vae(entry))  # abstract until restored
     restore_vae_weights(fresh, str(tmp_path / "ckpt"))
     np.testing.assert_array_equal(fresh.codebook.embeddings[...], trained.codebook.embeddings[...])
+
+
+def test_vae_architecture_before_and_after_stage0(tmp_path, monkeypatch):
+    """Planning tools read a checkpoint entry's geometry without weights: from ``train_config`` before stage 0;
+    an entry with neither a saved architecture nor a way to make one is an error naming the file."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # config paths are relative to the repository
+    entry = {"type": "checkpoint", "path": str(tmp_path / "none"), "train_config": "configs/vae_shapes.py:stage0"}
+    vae = vae_architecture(entry)
+    assert vae.latent_shape(8, 32, 32) == (2, 4, 4) and vae.latent_channels == 16
+    with pytest.raises(FileNotFoundError, match="vae_config.json"):
+        build_vae({"type": "checkpoint", "path": str(tmp_path / "none")})

@@ -53,8 +53,8 @@ from vidjax import train  # the diffusion run's building blocks (module import: 
 from vidjax.checkpoint import Checkpointer
 from vidjax.data import shapes
 from vidjax.data.captions import load_captions
-from vidjax.data.loader import VideoSource, make_dataset, make_transform, probe_records
-from vidjax.data.video_io import frame_grid, resize_clip, save_png
+from vidjax.data.loader import VideoSource, in_batches, make_dataset, make_transform, probe_records, window
+from vidjax.data.video_io import frame_grid, save_png
 from vidjax.evaluate import agreement
 from vidjax.models.vae import VAE_CONFIG_FILE, VAE_WEIGHTS_DIR, build_vae, gaussian_kl, save_vae_weights
 from vidjax.models.vae.kl import group_norm
@@ -300,22 +300,14 @@ def decode_clips(records, d, report: Path | None = None) -> np.ndarray:
     training resolution: uint8 [N, T, H, W, 3]."""
     _, clips, _ = probe_records(records, d.frames, d.frame_interval, report=report, keep_decoded=True,
                                 progress=False)
-    span = (d.frames - 1) * d.frame_interval + 1
-    return np.stack([resize_clip(c[:span:d.frame_interval], d.height, d.width) for c in clips])
+    return np.stack([window(c, 0, d.frames, d.height, d.width, d.frame_interval) for c in clips])
 
 
 def reconstruct_clips(reconstruct, params, rest, clips: np.ndarray, batch_size: int):
     """uint8 clips [N, T, H, W, 3] -> (reconstructions in [0, 1] (float, unclipped), latents), in batches."""
-    outs, zs = [], []
-    for i in range(0, len(clips), batch_size):
-        x = clips[i : i + batch_size].astype(np.float32) / 127.5 - 1.0
-        n = len(x)
-        if n < batch_size:  # one compiled shape: pad the last batch
-            x = np.concatenate([x, np.repeat(x[-1:], batch_size - n, 0)])
-        recon, z = jax.device_get(reconstruct(params, rest, jnp.asarray(x)))
-        outs.append(recon[:n])
-        zs.append(z[:n])
-    return (np.concatenate(outs) + 1) / 2, np.concatenate(zs)
+    recon, z = in_batches(lambda b: reconstruct(params, rest, jnp.asarray(b.astype(np.float32) / 127.5 - 1.0)),
+                          clips, batch_size)
+    return (recon + 1) / 2, z
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

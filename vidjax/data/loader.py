@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grain
+import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -83,6 +84,24 @@ class VideoSource:
         return {self.key: clip, "captions": r.captions}
 
 
+def window(clip: np.ndarray, start: int, frames: int, height: int, width: int, frame_interval: int = 1) -> np.ndarray:
+    """``frames`` frames of ``clip`` from ``start``, every ``frame_interval``-th, resized: uint8 [T, H, W, 3]."""
+    return resize_clip(clip[start : start + (frames - 1) * frame_interval + 1 : frame_interval], height, width)
+
+
+def in_batches(fn: Callable, x: np.ndarray, batch_size: int, desc: str | None = None):
+    """``fn`` over ``x [N, ...]`` in batches of exactly ``batch_size`` (the last one padded with copies of its
+    last row, so one compiled shape serves them all): its host-side outputs (any pytree), concatenated over N."""
+    outs = []
+    for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=desc is None, unit="batch", leave=False):
+        b = x[i : i + batch_size]
+        n = len(b)
+        if n < batch_size:
+            b = np.concatenate([b, np.repeat(b[-1:], batch_size - n, 0)])
+        outs.append(jax.tree.map(lambda a, n=n: np.asarray(a)[:n], jax.device_get(fn(b))))
+    return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+
+
 def make_transform(frames: int, height: int, width: int, tokenizer: Callable, frame_interval: int = 1):
     """(record, rng) -> model example: a random window of frames, resized, a random caption, tokenized."""
 
@@ -93,9 +112,8 @@ def make_transform(frames: int, height: int, width: int, tokenizer: Callable, fr
             rng.integers(0, 1)
             out = {"latent": np.asarray(ex["latent"], np.float32)}
         else:
-            clip = ex["video"]
-            start = int(rng.integers(0, len(clip) - span + 1))
-            clip = resize_clip(clip[start : start + span : frame_interval], height, width)
+            start = int(rng.integers(0, len(ex["video"]) - span + 1))
+            clip = window(ex["video"], start, frames, height, width, frame_interval)
             out = {"video": clip.astype(np.float32) / 127.5 - 1.0}
         text = ex["captions"][int(rng.integers(len(ex["captions"])))]
         ids, mask = tokenizer([text])
@@ -115,16 +133,10 @@ def encode_clips(encode: Callable, clips: list[np.ndarray], frames: int, height:
     span = (frames - 1) * frame_interval + 1
     if any(len(c) > span for c in clips):
         log.warning("latent precompute: clips longer than %d frames contribute only their first window", span)
-    out: list[np.ndarray] = []
-    for i in tqdm(range(0, len(clips), batch_size), desc="encoding latents", disable=not progress, unit="batch",
-                  leave=False):
-        x = np.stack([resize_clip(c[:span:frame_interval], height, width) for c in clips[i : i + batch_size]])
-        n = len(x)
-        if n < batch_size:  # one compiled shape: pad the last batch
-            x = np.concatenate([x, np.repeat(x[-1:], batch_size - n, 0)])
-        z = np.asarray(encode(x.astype(np.float32) / 127.5 - 1.0), np.float32)
-        out.extend(z[:n])
-    return out
+    x = np.stack([window(c, 0, frames, height, width, frame_interval) for c in clips])
+    z = in_batches(lambda b: encode(b.astype(np.float32) / 127.5 - 1.0), x, batch_size,
+                   desc="encoding latents" if progress else None)
+    return list(z.astype(np.float32))
 
 
 def make_dataset(source: VideoSource, transform, *, batch_size: int, seed: int, shard_index: int = 0,

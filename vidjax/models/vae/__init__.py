@@ -125,6 +125,23 @@ def _dataclass(cls, overrides: Mapping[str, Any] | None, base=None, **extra):
     return dataclasses.replace(base, **kw) if base is not None else cls(**kw)
 
 
+def _checkpoint_arch(c: Mapping[str, Any], before_stage0: bool = False) -> dict[str, Any]:
+    """The architecture entry of a ``checkpoint`` entry: its ``arch``, else ``<path>/vae_config.json``, else
+    (``before_stage0``: nothing trained yet) the ``vae`` entry of its ``train_config``."""
+    if c.get("arch") is not None:
+        return _entry(c["arch"])
+    saved = os.path.join(c.get("path", ""), VAE_CONFIG_FILE)
+    if os.path.isfile(saved):
+        with open(saved) as f:
+            return _entry(json.load(f))
+    if before_stage0 and c.get("train_config"):
+        from vidjax.config import load_config
+
+        return _entry(load_config(c["train_config"]).vae)
+    raise FileNotFoundError(f"{saved}: not found, so the architecture of the VAE in vae.path is unknown "
+                            "(train that VAE first, or give vae.arch)")
+
+
 def vae_architecture(config: Any) -> VideoVAE:
     """The compressor of a ``vae`` entry built abstractly (``nnx.eval_shape``: no weights read, no init), for
     its ``latent_shape``, ``latent_channels`` and ``downsample`` (planning tools such as vidjax.estimate).
@@ -133,19 +150,8 @@ def vae_architecture(config: Any) -> VideoVAE:
     written that, the ``vae`` entry of its ``train_config``.
     """
     c = _entry(config)
-    if c.get("type") == "checkpoint":
-        arch, saved = c.get("arch"), os.path.join(c.get("path", ""), VAE_CONFIG_FILE)
-        if arch is None and os.path.isfile(saved):
-            with open(saved) as f:
-                arch = json.load(f)
-        elif arch is None and c.get("train_config"):
-            from vidjax.config import load_config
-
-            arch = load_config(c["train_config"]).vae
-        elif arch is None:
-            raise ValueError(f"vae.path={c.get('path')!r} has no {VAE_CONFIG_FILE} and the entry names no arch or "
-                             "train_config: the VAE's architecture is unknown")
-        c = _entry(arch)
+    if c["type"] == "checkpoint":
+        c = _checkpoint_arch(c, before_stage0=True)
     for k in ("from_pretrained", "checkpoint", "checkpoint_item"):
         c.pop(k, None)
     return nnx.eval_shape(lambda: build_vae(c))
@@ -166,10 +172,7 @@ def build_vae(config: Any) -> VideoVAE:
         c.pop("train_config", None)  # how vidjax.train makes the VAE when ``path`` has none (``prepare_vae``)
         if c:
             raise ValueError(f"unused keys in the 'checkpoint' vae config: {sorted(c)}")
-        if arch is None:
-            with open(os.path.join(path, VAE_CONFIG_FILE)) as f:
-                arch = json.load(f)
-        arch = _entry(arch)
+        arch = _checkpoint_arch({"path": path, "arch": arch})
         weights = os.path.join(path, VAE_WEIGHTS_DIR)
         arch.update(checkpoint=weights if os.path.isdir(weights) else path,
                     checkpoint_item=item or arch.get("checkpoint_item"))
