@@ -11,6 +11,9 @@ killed mid-save leaves the previous checkpoint intact; rerunning resumes from it
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import sys
 from pathlib import Path
 
 import grain
@@ -18,24 +21,44 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+log = logging.getLogger(__name__)
+
 
 class Checkpointer:
-    def __init__(self, workdir: str | Path, keep: int = 2, async_save: bool = True):
+    """Save and restore a run's state under ``<workdir>/checkpoints``.
+
+    Retention: the last ``keep`` steps, plus every step that is a multiple of ``keep_every`` (0: none).
+    """
+
+    def __init__(self, workdir: str | Path, keep: int = 2, async_save: bool = True, keep_every: int = 0):
         self.dir = Path(workdir).absolute() / "checkpoints"
-        self.mngr = ocp.CheckpointManager(
+        self.mngr = self._manager(keep, async_save, keep_every)
+        self._opts = (keep, async_save, keep_every)
+
+    def _manager(self, keep: int, async_save: bool, keep_every: int) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
             self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                           keep_period=keep_every or None,
                                                            enable_async_checkpointing=async_save))
 
     def latest_step(self) -> int | None:
         return self.mngr.latest_step()
 
-    def save(self, step: int, *, params, ema, opt, rest, data_iter, config) -> None:
-        meta = {"step": int(step), "config": json.loads(config.to_json())}
+    def all_steps(self) -> list[int]:
+        return sorted(self.mngr.all_steps())
+
+    def save(self, step: int, *, params, ema, opt, rest, data_iter, config, **meta) -> None:
+        """Write step ``step`` (asynchronously; atomic: a killed save leaves the previous steps intact).
+        ``meta`` entries (JSON values) are stored next to the step and the config."""
+        meta = {"step": int(step), "config": json.loads(config.to_json()), **meta}
         args = dict(params=ocp.args.StandardSave(params), ema=ocp.args.StandardSave(ema),
                     opt=ocp.args.StandardSave(opt), rest=ocp.args.StandardSave(rest), meta=ocp.args.JsonSave(meta))
         if data_iter is not None:
             args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         self.mngr.save(step, args=ocp.args.Composite(**args))
+
+    def read_meta(self, step: int) -> dict:
+        return self.mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def restore(self, step: int, *, params, ema, opt, rest, data_iter):
         """Restore into the structures given as targets (abstract or concrete); returns a dict."""
@@ -45,6 +68,41 @@ class Checkpointer:
         if data_iter is not None:
             args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         return self.mngr.restore(step, args=ocp.args.Composite(**args))
+
+    def restore_latest(self, check_meta=None, **targets) -> dict | None:
+        """Restore the newest readable step (None when there is none).
+
+        A step that cannot be read (a truncated array file, a missing item, a damaged manifest) is moved
+        aside to ``checkpoints/unreadable_<step>`` (nothing is deleted), logged and reported on stderr, and the
+        step before it is tried. ``check_meta(meta)`` runs on the stored meta before the arrays are read; it
+        may raise (e.g. a checkpoint of another model), which is not treated as damage.
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                meta = self.read_meta(step)
+            except Exception as e:  # noqa: BLE001 - any failure to read means the step is damaged
+                self._set_aside(step, e)
+                continue
+            if check_meta is not None:
+                check_meta(meta)
+            try:
+                return self.restore(step, **targets)
+            except Exception as e:  # noqa: BLE001
+                self._set_aside(step, e)
+        return None
+
+    def _set_aside(self, step: int, err: Exception) -> None:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        target = self.dir / f"unreadable_{step}"
+        n = 1
+        while target.exists():
+            target, n = self.dir / f"unreadable_{step}.{n}", n + 1
+        shutil.move(str(self.dir / str(step)), target)
+        msg = f"checkpoint step {step} is unreadable ({type(err).__name__}: {reason}); moved to {target.name}"
+        log.warning(msg)
+        print(f"warning: {msg}; trying the previous step", file=sys.stderr)
+        self.mngr.close()
+        self.mngr = self._manager(*self._opts)
 
     def wait(self) -> None:
         self.mngr.wait_until_finished()

@@ -33,13 +33,13 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def run(state, noise, ids, mask, rng):
+    def run(state, noise, cond, rng):
         # rebuild the module inside the model function: the sampler's loop traces it at its own
         # level, and NNX variables must be created at the level where they are used
         def model_fn(x, t, c, drop):
             return nnx.merge(graphdef, jax.tree.map(lambda v: v, state))(x, t, c, drop)
 
-        z = diffusion.sample(model_fn, noise, {"ids": ids, "mask": mask}, rng, steps=steps, cfg_scale=cfg_scale)
+        z = diffusion.sample(model_fn, noise, cond, rng, steps=steps, cfg_scale=cfg_scale)
         return vae.decode(z)
 
     out = []
@@ -47,11 +47,13 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
         chunk = prompts[i : i + batch_size]
         n = len(chunk)
         chunk = chunk + [chunk[-1]] * (batch_size - n)  # keep one compiled shape
-        ids, mask = tokenizer(chunk)
+        cond = tokenizer(chunk)  # {"ids", "mask"} (trainable encoder) or {"y", "mask"} (frozen T5 / CLIP)
+        if isinstance(cond, tuple):
+            cond = {"ids": cond[0], "mask": cond[1]}
         noise = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.key(seed), i + j),
                                              (lt, lh, lw, vae.latent_channels)) for j in range(batch_size)])
         rng = jax.random.fold_in(jax.random.key(seed + 1), i)  # the ancestral sampler's per-step noise
-        video = run(state, noise, jnp.asarray(ids), jnp.asarray(mask), rng)[:n]
+        video = run(state, noise, {k: jnp.asarray(v) for k, v in cond.items()}, rng)[:n]
         out.append(np.asarray(jnp.clip((video + 1) * 127.5, 0, 255).round().astype(jnp.uint8)))
     return np.concatenate(out)
 

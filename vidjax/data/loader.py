@@ -4,7 +4,8 @@
             --VideoSource--> {"video": uint8 [T, H, W, 3], "caption": str}
             --grain: seed, shuffle, repeat, random_map(to_model), batch--> numpy batches
 
-A batch is ``{"video": float32 [B, T, H, W, 3] in [-1, 1], "ids": int32 [B, L], "mask": bool [B, L]}``.
+A batch is ``{"video": float32 [B, T, H, W, 3] in [-1, 1], "ids": int32 [B, L], "mask": bool [B, L]}``
+(with a frozen T5 / CLIP encoder ``"y": float32 [B, L, C]`` from the embedding cache instead of ``"ids"``).
 With latent precompute (:func:`encode_clips`, ``config.data.cache_latents``) the frozen VAE encodes
 every clip once, the source holds latents, and batches carry ``"latent": float32 [B, T', H', W', C]``
 instead of ``"video"``: the training step then skips the encoder.
@@ -27,6 +28,20 @@ from vidjax.data.captions import Record
 from vidjax.data.video_io import VideoReadError, read_video, resize_clip
 
 log = logging.getLogger(__name__)
+
+
+def prepare_records(config, progress: bool = True) -> list[Record]:
+    """The caption records of ``config.data``: its caption file, or the built-in ``shapes`` set (generated into
+    ``data.root`` when absent)."""
+    from vidjax.data import shapes
+    from vidjax.data.captions import load_captions
+
+    d = config.data
+    if d.captions:
+        return load_captions(d.captions, d.get("video_root") or None)
+    cap = shapes.generate(d.root, num_clips=d.num_clips, frames=d.frames, height=d.height, width=d.width,
+                          seed=d.seed, progress=progress)
+    return load_captions(cap)
 
 
 def probe_records(records: list[Record], frames: int, frame_interval: int = 1, report: str | Path | None = None,
@@ -102,8 +117,9 @@ def in_batches(fn: Callable, x: np.ndarray, batch_size: int, desc: str | None = 
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
-def make_transform(frames: int, height: int, width: int, tokenizer: Callable, frame_interval: int = 1):
-    """(record, rng) -> model example: a random window of frames, resized, a random caption, tokenized."""
+def make_transform(frames: int, height: int, width: int, text_fn: Callable, frame_interval: int = 1):
+    """(record, rng) -> model example: a random window of frames, resized, and a random caption through
+    ``text_fn(texts) -> {name: array [B, ...]}`` (token ids, or a frozen encoder's cached embeddings)."""
 
     span = (frames - 1) * frame_interval + 1
 
@@ -116,8 +132,7 @@ def make_transform(frames: int, height: int, width: int, tokenizer: Callable, fr
             clip = window(ex["video"], start, frames, height, width, frame_interval)
             out = {"video": clip.astype(np.float32) / 127.5 - 1.0}
         text = ex["captions"][int(rng.integers(len(ex["captions"])))]
-        ids, mask = tokenizer([text])
-        return {**out, "ids": ids[0], "mask": mask[0]}
+        return {**out, **{k: v[0] for k, v in text_fn([text]).items()}}
 
     return to_model
 

@@ -10,8 +10,11 @@ Call: x_t [B, T, H, W, C], t [B], cond {"ids"|"y": ..., "mask": [B, L]}, drop [B
 from __future__ import annotations
 
 import jax
+import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
+from vidjax.errors import ConfigError
 from vidjax.models.dit import DiT, dit_config
 from vidjax.models.stdit import STDiT, stdit_config
 from vidjax.models.text.trainable import HashTokenizer, TrainableTextEncoder
@@ -51,7 +54,7 @@ def build_model(config, rngs: nnx.Rngs, *, latent_channels: int) -> TextToVideo:
     elif name == "dit":
         dit = DiT(dit_config(size, **kw), rngs=rngs)
     else:
-        raise ValueError(f"model.name={name!r}; expected 'stdit' or 'dit'")
+        raise ConfigError(f"config.model.name={name!r}; expected 'stdit' or 'dit'")
     return TextToVideo(dit, text)
 
 
@@ -60,7 +63,58 @@ def trainable(model: TextToVideo):
     return model.dit.trainable()
 
 
-def build_tokenizer(config):
-    if config.text.encoder == "trainable":
-        return HashTokenizer(config.text.vocab_size, config.text.max_length)
-    raise ValueError(f"text.encoder={config.text.encoder!r} has no built-in tokenizer here")
+class TextInputs:
+    """Captions -> the model's text inputs, for training, the loader and sampling alike.
+
+    * ``text.encoder = "trainable"``: ``{"ids": int32 [B, L], "mask": bool [B, L]}`` (the model embeds them);
+    * ``"t5"`` / ``"clip"`` (frozen): ``{"y": float32 [B, L, C], "mask": bool [B, L]}`` from the encoder in the
+      local Hugging Face directory ``text.path``, through the disk cache ``text.cache_dir`` when set (each
+      distinct caption is embedded once; :meth:`precompute` fills it before training, :meth:`for_loader`
+      reads it without touching JAX, so it is safe in the loader's threads).
+    """
+
+    def __init__(self, config):
+        self.kind = config.text.encoder
+        self.frozen = self.kind != "trainable"
+        if self.frozen:
+            from vidjax.models.text.conditioner import build_text_conditioner
+
+            self.conditioner = build_text_conditioner(config)
+            self.dim, self.max_length = self.conditioner.dim, self.conditioner.max_length
+            self.keys = ("y", "mask")
+        else:
+            if self.kind is None or self.kind not in ("trainable",):
+                raise ConfigError(f"config.text.encoder={self.kind!r}; expected 'trainable', 't5' or 'clip'")
+            self.tokenizer = HashTokenizer(config.text.vocab_size, config.text.max_length)
+            self.dim, self.max_length = config.text.dim, config.text.max_length
+            self.keys = ("ids", "mask")
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if not self.frozen:
+            ids, mask = self.tokenizer(list(texts))
+            return {"ids": ids, "mask": mask}
+        y, mask, _ = self.conditioner.encode(list(texts))
+        return {"y": np.asarray(y), "mask": np.asarray(mask)}
+
+    def precompute(self, texts: list[str], progress: bool = False, chunk: int = 256) -> None:
+        """Embed every caption not in the disk cache yet (frozen encoders with ``text.cache_dir``)."""
+        if not self.frozen or self.conditioner.cache_dir is None:
+            return
+        todo = [t for t in texts if not self.conditioner.cache_path(t).is_file()]
+        for i in tqdm(range(0, len(todo), chunk), desc="embedding captions", disable=not progress or not todo,
+                      unit="batch", leave=False):
+            self.conditioner.encode(todo[i : i + chunk])
+
+    def for_loader(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Like calling it, but a frozen encoder's embeddings come from the cache only (numpy, no JAX)."""
+        if not self.frozen or self.conditioner.cache_dir is None:
+            return self(texts)
+        y, mask = self.conditioner.cached(texts)
+        return {"y": y, "mask": mask}
+
+
+def text_inputs(config) -> TextInputs:
+    return TextInputs(config)
+
+
+build_tokenizer = text_inputs  # the name sample / evaluate used before frozen encoders

@@ -111,6 +111,16 @@ class TextConditioner:
             np.savez(f, **arrays)
         os.replace(tmp, path)
 
+    def cached(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(y [B, L, C] float32, mask [B, L] bool) from the disk cache only: numpy, no JAX (loader threads)."""
+        rows = []
+        for t in texts:
+            row = self._load(t)
+            if row is None:
+                raise KeyError(f"caption not in the text cache {self.cache_dir} (precompute it first): {t[:80]!r}")
+            rows.append(row)
+        return np.stack([r["y"] for r in rows]).astype(np.float32), np.stack([r["mask"] for r in rows])
+
     def encode(self, texts: list[str]) -> tuple[Array, Array, Array | None]:
         """texts -> (y [B, L, C] float32, mask [B, L] bool, pooled [B, C'] float32 | None)."""
         texts = [texts] if isinstance(texts, str) else list(texts)

@@ -1,9 +1,8 @@
-"""Train a video VAE (the ``task="vae"`` configs): ``python -m vidjax.train --config configs/vae_shapes.py``.
+"""The video VAE task (``task="vae"`` configs): ``python -m vidjax.train --config configs/vae_shapes.py``.
 
-``python -m vidjax.train_vae --config ...`` runs the same thing directly. The model is any trainable
-``vae`` entry of :func:`vidjax.models.vae.build_vae`: the causal 3D KL-VAE (``causal_vae``) or the
-VQ-VAE (``vq_vae``). The loop reuses the diffusion run's pieces (data pipeline, AdamW schedule,
-orbax checkpoints, metrics files) and the same workdir layout:
+The model is any trainable ``vae`` entry of :func:`vidjax.models.vae.build_vae`: the causal 3D KL-VAE
+(``causal_vae``) or the VQ-VAE (``vq_vae``). It runs in the one training loop (vidjax/training/loop.py),
+under the mesh like the denoiser (data parallel, ZeRO-3 on ``fsdp``), with the same workdir layout:
 
     checkpoints/<step>/   params, ema, opt, rest (VQ codebook buffers), data_iter, meta; resumed on rerun
     metrics.jsonl         one row per step: loss and its terms, grad_norm
@@ -39,7 +38,6 @@ import json
 import logging
 import math
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -47,18 +45,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm import tqdm
 
-from vidjax import train  # the diffusion run's building blocks (module import: train.run may import this one)
-from vidjax.checkpoint import Checkpointer
 from vidjax.data import shapes
 from vidjax.data.captions import load_captions
-from vidjax.data.loader import VideoSource, in_batches, make_dataset, make_transform, probe_records, window
+from vidjax.data.loader import VideoSource, in_batches, make_transform, prepare_records, probe_records, window
 from vidjax.data.video_io import frame_grid, save_png
+from vidjax.errors import ConfigError
 from vidjax.evaluate import agreement
 from vidjax.models.vae import VAE_CONFIG_FILE, VAE_WEIGHTS_DIR, build_vae, gaussian_kl, save_vae_weights
 from vidjax.models.vae.kl import group_norm
 from vidjax.models.vae.temporal import CausalConv3d
+from vidjax.parallel import sharding as shd
+from vidjax.training import loop
+from vidjax.training import metrics as mx
+from vidjax.training.state import ModelParts, ema_update, grads_of, guarded, make_optimizer
 
 log = logging.getLogger("vidjax.train_vae")
 
@@ -75,19 +75,19 @@ def check_config(config) -> None:
     """Fail early, naming the field, on settings that cannot work."""
     kind = config.vae.get("type")
     if kind not in TRAINABLE_VAES:
-        raise ValueError(f"config.vae.type={kind!r}: the VAE task trains one of {TRAINABLE_VAES}")
+        raise ConfigError(f"config.vae.type={kind!r}: the VAE task trains one of {TRAINABLE_VAES}")
     for key in ("from_pretrained", "checkpoint"):
         if config.vae.get(key):
-            raise ValueError(f"config.vae.{key} is set: the VAE task trains from scratch (remove it)")
+            raise ConfigError(f"config.vae.{key} is set: the VAE task trains from scratch (remove it)")
     lo = config.loss
     if min(lo.l1, lo.l2, lo.kl_weight, lo.ssim_weight, lo.adversarial_weight) < 0:
-        raise ValueError("config.loss weights (l1, l2, kl_weight, ssim_weight, adversarial_weight) must be >= 0")
+        raise ConfigError("config.loss weights (l1, l2, kl_weight, ssim_weight, adversarial_weight) must be >= 0")
     if lo.l1 + lo.l2 + lo.ssim_weight == 0:
-        raise ValueError("config.loss: l1, l2 and ssim_weight are all 0: nothing to reconstruct with")
+        raise ConfigError("config.loss: l1, l2 and ssim_weight are all 0: nothing to reconstruct with")
     d = config.data
     for name, n in (("frames", d.frames), ("height", d.height), ("width", d.width)):
         if n < 1:
-            raise ValueError(f"config.data.{name}={n} must be positive")
+            raise ConfigError(f"config.data.{name}={n} must be positive")
 
 
 def vae_entry(config) -> dict:
@@ -200,13 +200,15 @@ def _rest(model: nnx.Module) -> dict:
     return nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[2])
 
 
-def make_train_step(parts: train.ModelParts, tx, kind: str, loss_cfg, ema_decay: float,
-                    disc: train.ModelParts | None = None, disc_tx=None):
+def make_train_step(parts: ModelParts, tx, kind: str, loss_cfg, ema_decay: float,
+                    disc: ModelParts | None = None, disc_tx=None, micro_batches: int = 1):
     """(state, video, rng) -> (state, metrics); pure, for jax.jit.
 
     ``state = {"params": {"vae": ..., ["disc": ...]}, "ema": ..., "opt": {"vae": ..., ["disc": ...]},
     "rest": {"vae": buffers, "step": int32}}``; the buffers are the VQ codebook's (an EMA step each
     call; none for the KL-VAE), ``step`` counts optimizer steps (the adversarial warm-up reads it).
+    With ``micro_batches > 1`` the VAE's gradient is accumulated over that many slices of the batch (not with
+    the adversarial term). A step with a non-finite loss or gradient leaves the whole state unchanged.
     """
     lo = loss_cfg
     adversarial = disc is not None
@@ -215,7 +217,7 @@ def make_train_step(parts: train.ModelParts, tx, kind: str, loss_cfg, ema_decay:
         pixels = math.prod(x.shape[1:])
         adv_on = (state["rest"]["step"] >= lo.adversarial_start).astype(jnp.float32) if adversarial else 0.0
 
-        def vae_loss(p):
+        def vae_loss(p, x, rng):
             model = parts.merge(p, state["rest"]["vae"])
             if kind == "vq_vae":
                 out = model(x, update=True, rng=rng)
@@ -238,14 +240,15 @@ def make_train_step(parts: train.ModelParts, tx, kind: str, loss_cfg, ema_decay:
                 g_adv = -jnp.mean(disc.merge(state["params"]["disc"])(recon))
                 loss = loss + adv_on * lo.adversarial_weight * g_adv
                 aux["g_adv"] = g_adv
-            return loss, (aux, recon, _rest(model))
+            return loss, (aux, (recon, _rest(model)))
 
-        (loss, (aux, recon, rest)), grads = jax.value_and_grad(vae_loss, has_aux=True)(state["params"]["vae"])
+        loss, aux, (recon, rest), grads = grads_of(vae_loss, state["params"]["vae"], x, rng, micro_batches)
         updates, opt_vae = tx.update(grads, state["opt"]["vae"], state["params"]["vae"])
         vae_params = optax.apply_updates(state["params"]["vae"], updates)
-        ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], vae_params)
+        ema = ema_update(state["ema"], vae_params, ema_decay)
         params, opt = {"vae": vae_params}, {"vae": opt_vae}
         metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads))
+        all_grads = grads
         if adversarial:  # hinge loss on real clips vs (detached) reconstructions
             fake = jax.lax.stop_gradient(recon)
 
@@ -257,13 +260,16 @@ def make_train_step(parts: train.ModelParts, tx, kind: str, loss_cfg, ema_decay:
             d_updates, opt["disc"] = disc_tx.update(dg, state["opt"]["disc"], state["params"]["disc"])
             params["disc"] = optax.apply_updates(state["params"]["disc"], d_updates)
             metrics["d_loss"] = dl
-        rest = {"vae": rest, "step": state["rest"]["step"] + 1}
-        return {"params": params, "ema": ema, "opt": opt, "rest": rest}, metrics
+            all_grads = (grads, dg)
+        new = {"params": params, "ema": ema, "opt": opt, "rest": {"vae": rest, "step": state["rest"]["step"] + 1}}
+        new, ok = guarded(new, state, loss, all_grads)
+        metrics["nonfinite"] = 1.0 - ok.astype(jnp.float32)
+        return new, metrics
 
     return step
 
 
-def make_reconstruct(parts: train.ModelParts):
+def make_reconstruct(parts: ModelParts):
     """(params, rest, x) -> (deterministic reconstruction, latents): posterior mean / nearest codes; for jax.jit."""
 
     def reconstruct(params, rest, x):
@@ -338,170 +344,122 @@ def save_recon_grid(path: Path, clips: np.ndarray, recon: np.ndarray, n: int) ->
 
 
 # --------------------------------------------------------------------------------------
-# 5. The run
+# 5. The task
 # --------------------------------------------------------------------------------------
 
 
 def _no_text(texts):
-    """The loader's tokenizer slot: the VAE ignores captions."""
-    return np.zeros((len(texts), 1), np.int32), np.zeros((len(texts), 1), bool)
+    """The loader's text slot: the VAE ignores captions."""
+    return {}
 
 
-def run(config, workdir: str | Path) -> dict:
-    """Train (or resume) a VAE in ``workdir``; returns the summary dict (also written to summary.json)."""
-    workdir = Path(workdir)
-    train._setup_logging(workdir)
-    check_config(config)
-    t_start = time.time()
-    d, t, e, lo = config.data, config.train, config.eval, config.loss
+class VAETask:
+    kind = "vae"
+    state_sections = ("vae", "loss.adversarial_weight", "loss.disc_filters")
 
-    # data
-    records = train.prepare_records(config, workdir)
-    records, clips, skipped = probe_records(records, d.frames, d.frame_interval, report=workdir / "skipped_clips.txt",
-                                            keep_decoded=d.cache_in_memory, progress=config.progress)
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable clip(s); see {workdir / 'skipped_clips.txt'}", file=sys.stderr)
-    transform = make_transform(d.frames, d.height, d.width, _no_text, d.frame_interval)
-    dataset = make_dataset(VideoSource(records, clips), transform, batch_size=t.batch_size, seed=config.seed,
-                           num_threads=d.num_threads)
-    data_iter = iter(dataset)
-    eval_clips, eval_split = heldout_clips(config, records, workdir)
-    seen_clips = None  # shapes: also measure what the detector reads back from reconstructed training clips
-    if not d.captions:
-        seen_clips = decode_clips(records[: e.clips], d)
+    def __init__(self, config):
+        self.config = config
 
-    # model, optimizer
-    entry, kind = vae_entry(config), config.vae.type
-    model = host_init(lambda: build_vae(entry), config.seed)
-    latent = model.latent_shape(d.frames, d.height, d.width)  # also checks the resolution
-    parts = train.ModelParts(model)
-    tx = train.make_optimizer(t)
-    params = {"vae": parts.params}
-    opt = {"vae": tx.init(parts.params)}
-    disc, disc_tx = None, None
-    if lo.adversarial_weight > 0:
-        disc = train.ModelParts(host_init(lambda: PatchDiscriminator(lo.disc_filters, nnx.Rngs(0)), config.seed + 1,
-                                    kernel_std=0.02))  # the usual GAN init
-        disc_tx = optax.adam(lo.disc_lr, b1=0.5, b2=0.9)
-        params["disc"], opt["disc"] = disc.params, disc_tx.init(disc.params)
-    state = {"params": params, "ema": jax.tree.map(jnp.copy, parts.params), "opt": opt,
-             "rest": {"vae": parts.rest, "step": jnp.zeros((), jnp.int32)}}
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(parts.params))
-    ft, fh, fw = model.downsample
-    log.info("%s: %.2fM parameters, %d×%d×%d compression, latents %s×%d", kind, n_params / 1e6, ft, fh, fw,
-             latent, model.latent_channels)
+    def prepare(self, run: loop.Run) -> dict:
+        check_config(self.config)
+        return {}
 
-    # resume
-    ckpt = Checkpointer(workdir, keep=t.keep_checkpoints)
-    start = 0
-    latest = ckpt.latest_step()
-    if latest is not None:
-        restored = ckpt.restore(latest, params=state["params"], ema=state["ema"], opt=state["opt"],
-                                rest=state["rest"], data_iter=data_iter)
-        state = {k: restored[k] for k in ("params", "ema", "opt", "rest")}
-        start = int(restored["meta"]["step"])
-        log.info("resumed from step %d", start)
-        print(f"resuming from checkpoint at step {start}", file=sys.stderr)
-    metrics_path, curve_path = workdir / "metrics.jsonl", workdir / "eval_curve.jsonl"
-    train._truncate_metrics(metrics_path, start)
-    train._truncate_metrics(curve_path, start)
+    def setup(self, run: loop.Run) -> loop.Setup:
+        config, workdir, mesh = self.config, run.workdir, run.mesh
+        d, t, e, lo = config.data, config.train, config.eval, config.loss
+        micro = int(t.get("grad_accum", 1))
+        if micro > 1 and lo.adversarial_weight > 0:
+            raise ConfigError("config.train.grad_accum > 1 is not supported with config.loss.adversarial_weight > 0 "
+                              "(the discriminator steps on the whole batch)")
 
-    step_fn = make_train_step(parts, tx, kind, lo, t.ema_decay, disc, disc_tx)
-    jit_step = jax.jit(step_fn, donate_argnums=(0,))
-    reconstruct = jax.jit(make_reconstruct(parts))
-    base_rng = jax.random.key(config.seed)
-    writer = train._tb_writer(workdir)
-    bar = tqdm(total=t.steps, initial=start, desc=f"train {kind}", unit="step", disable=not config.progress,
-               dynamic_ncols=True)
-    pending: list = []
-    t_loop, eval_seconds = time.time(), 0.0
-    with metrics_path.open("a") as mf:
-        for step in range(start, t.steps):
-            batch = next(data_iter)
-            state, m = jit_step(state, batch["video"], jax.random.fold_in(base_rng, step))
-            pending.append((step + 1, m))
-            done = step + 1
-            if done % t.log_every == 0 or done == t.steps or done % t.ckpt_every == 0:
-                rec = train.write_metrics(jax.device_get(pending), mf, writer)[-1]
-                rate = (done - start) / max(time.time() - t_loop - eval_seconds, 1e-9)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.1f}", steps_per_s=f"{rate:.2f}")
-                bar.update(len(pending))
-                pending = []
-            if done % t.ckpt_every == 0 or done == t.steps:
-                ckpt.save(done, params=state["params"], ema=state["ema"], opt=state["opt"], rest=state["rest"],
-                          data_iter=data_iter, config=config)
-            if e.every and done % e.every == 0 and done < t.steps:
-                t_eval = time.time()
-                em, _ = evaluate(reconstruct, state["ema"], state["rest"]["vae"], eval_clips, e.batch_size,
-                                 seen_clips)
-                _log_eval(curve_path, writer, done, (t_eval - t_loop - eval_seconds) / 60, em)
-                eval_seconds += time.time() - t_eval
-    bar.close()
-    ckpt.close()
-    train_minutes = (time.time() - t_loop - eval_seconds) / 60
+        # data
+        records = prepare_records(config, run.progress)
+        records, clips, skipped = probe_records(records, d.frames, d.frame_interval,
+                                                report=workdir / "skipped_clips.txt" if run.primary else None,
+                                                keep_decoded=d.cache_in_memory, progress=run.progress)
+        if skipped and run.primary:
+            print(f"skipped {len(skipped)} unreadable clip(s); see {workdir / 'skipped_clips.txt'}", file=sys.stderr)
+        transform = make_transform(d.frames, d.height, d.width, _no_text, d.frame_interval)
+        self.eval_clips, self.eval_split = heldout_clips(config, records, workdir)
+        self.seen_clips = None  # shapes: also measure what the judge reads back from reconstructed training clips
+        if not d.captions:
+            self.seen_clips = decode_clips(records[: e.clips], d)
 
-    # final evaluation with the EMA weights; the weights build_vae loads
-    em, recon = evaluate(reconstruct, state["ema"], state["rest"]["vae"], eval_clips, e.batch_size, seen_clips)
-    if start < t.steps:
-        _log_eval(curve_path, writer, t.steps, train_minutes, em)
-    if writer is not None:
-        writer.close()
-    save_recon_grid(workdir / "recon.png", eval_clips, recon, e.show)
-    final = parts.merge(state["ema"], state["rest"]["vae"])
-    save_vae_weights(final, str(workdir / VAE_WEIGHTS_DIR), entry)
-    (workdir / VAE_CONFIG_FILE).write_text(json.dumps(entry, indent=1))
-    train._plot_loss(metrics_path, workdir / "loss.png")
+        # model, optimizer, state
+        self.entry, kind = vae_entry(config), config.vae.type
+        model = host_init(lambda: build_vae(self.entry), config.seed)
+        self.latent = model.latent_shape(d.frames, d.height, d.width)  # also checks the resolution
+        self.downsample, self.latent_channels = model.downsample, model.latent_channels
+        self.parts = parts = ModelParts(model)
+        tx = make_optimizer(t)
+        p_sh, r_sh = parts.shardings(mesh)
+        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        params, opt = {"vae": parts.params}, {"vae": tx.init(parts.params)}
+        params_sh, opt_sh = {"vae": p_sh}, {"vae": shd.opt_shardings(tx, parts.params, p_sh, mesh)}
+        disc, disc_tx = None, None
+        if lo.adversarial_weight > 0:
+            disc = ModelParts(host_init(lambda: PatchDiscriminator(lo.disc_filters, nnx.Rngs(0)), config.seed + 1,
+                                        kernel_std=0.02))  # the usual GAN init
+            disc_tx = optax.adam(lo.disc_lr, b1=0.5, b2=0.9)
+            params["disc"], opt["disc"] = disc.params, disc_tx.init(disc.params)
+            d_sh = disc.shardings(mesh)[0]
+            params_sh["disc"], opt_sh["disc"] = d_sh, shd.opt_shardings(disc_tx, disc.params, d_sh, mesh)
+        state = {"params": params, "ema": jax.tree.map(jnp.copy, parts.params), "opt": opt,
+                 "rest": {"vae": parts.rest, "step": jnp.zeros((), jnp.int32)}}
+        shardings = {"params": params_sh, "ema": p_sh, "opt": opt_sh, "rest": {"vae": r_sh, "step": rep}}
+        self.n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(parts.params))
+        ft, fh, fw = model.downsample
+        log.info("%s: %.2fM parameters, %d×%d×%d compression, latents %s×%d", kind, self.n_params / 1e6, ft, fh, fw,
+                 self.latent, model.latent_channels)
+        step_fn = make_train_step(parts, tx, kind, lo, t.ema_decay, disc, disc_tx, micro)
+        self.reconstruct = jax.jit(make_reconstruct(parts))
+        return loop.Setup(state=state, shardings=shardings, step=lambda s, b, r: step_fn(s, b["video"], r),
+                          source=VideoSource(records, clips), transform=transform, batch_ndims={"video": 5},
+                          eval_every=e.every, params=self.n_params,
+                          tokens_per_sample=int(np.prod(self.latent)))
 
-    summary = {
-        "task": "vae", "vae": kind, "steps": t.steps, "resumed_from": start,
-        "train_minutes": round(train_minutes, 2), "params_M": round(n_params / 1e6, 3),
-        "compression": f"{ft}x{fh}x{fw}", "input": [d.frames, d.height, d.width, 3],
-        "latent": [*latent, model.latent_channels],
-        "eval_split": eval_split, "eval_clips": len(eval_clips),
-        "psnr": round(em["psnr"], 3), "ssim": round(em["ssim"], 4),
-        "latent_mean": round(em["latent_mean"], 4), "latent_std": round(em["latent_std"], 4),
-        **{k: round(v, 4) for k, v in em.items() if k.startswith("detect_")},
-    }
-    summary["total_minutes"] = round((time.time() - t_start) / 60, 2)
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"{kind} {summary['compression']}: PSNR {em['psnr']:.2f} dB, SSIM {em['ssim']:.4f} on "
-          f"{len(eval_clips)} {eval_split} clips", file=sys.stderr)
-    return summary
+    def _evaluate(self, state: dict) -> tuple[dict, np.ndarray]:
+        host = shd.to_host({"ema": state["ema"], "rest": state["rest"]["vae"]})
+        return evaluate(self.reconstruct, host["ema"], host["rest"], self.eval_clips, self.config.eval.batch_size,
+                        self.seen_clips)
+
+    def evaluate(self, run: loop.Run, state: dict, step: int, train_minutes: float) -> None:
+        em, _ = self._evaluate(state)
+        if run.primary:
+            _log_eval(run.workdir, run.writer, step, train_minutes, em)
+
+    def finish(self, run: loop.Run, state: dict, trained_now: bool, train_minutes: float) -> dict:
+        """The final evaluation with the EMA weights, and the weights build_vae loads."""
+        config, workdir = self.config, run.workdir
+        em, recon = self._evaluate(state)
+        if not run.primary:
+            return {}
+        if trained_now:
+            _log_eval(workdir, run.writer, config.train.steps, train_minutes, em)
+        save_recon_grid(workdir / "recon.png", self.eval_clips, recon, config.eval.show)
+        host = shd.to_host({"ema": state["ema"], "rest": state["rest"]["vae"]})
+        save_vae_weights(self.parts.merge(host["ema"], host["rest"]), str(workdir / VAE_WEIGHTS_DIR), self.entry)
+        (workdir / VAE_CONFIG_FILE).write_text(json.dumps(self.entry, indent=1))
+        d = config.data
+        ft, fh, fw = self.downsample
+        print(f"{config.vae.type} {ft}x{fh}x{fw}: PSNR {em['psnr']:.2f} dB, SSIM {em['ssim']:.4f} on "
+              f"{len(self.eval_clips)} {self.eval_split} clips", file=sys.stderr)
+        return {
+            "vae": config.vae.type, "compression": f"{ft}x{fh}x{fw}", "input": [d.frames, d.height, d.width, 3],
+            "latent": [*self.latent, self.latent_channels], "eval_split": self.eval_split,
+            "eval_clips": len(self.eval_clips), "psnr": round(em["psnr"], 3), "ssim": round(em["ssim"], 4),
+            "latent_mean": round(em["latent_mean"], 4), "latent_std": round(em["latent_std"], 4),
+            **{k: round(v, 4) for k, v in em.items() if k.startswith("detect_")},
+        }
 
 
-def _log_eval(path: Path, writer, step: int, minutes: float, metrics: dict) -> None:
-    row = {"step": step, "train_minutes": round(minutes, 2), **{k: round(v, 4) for k, v in metrics.items()}}
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+def _log_eval(workdir: Path, writer, step: int, minutes: float, metrics: dict) -> None:
+    curve = workdir / "eval_curve.jsonl"
+    mx.append_row(curve, {"step": step, "train_minutes": round(minutes, 2),
+                          **{k: round(v, 4) for k, v in metrics.items()}})
+    mx.plot_curve(curve, workdir / "eval_curve.png", ("psnr",), ylabel="held-out PSNR (dB)")
     if writer is not None:
         for k, v in metrics.items():
             writer.add_scalar(f"eval/{k}", v, step)
     log.info("eval at step %d: PSNR %.2f dB, SSIM %.4f, latent std %.3f", step, metrics["psnr"], metrics["ssim"],
              metrics["latent_std"])
-
-
-# --------------------------------------------------------------------------------------
-# Command line: the flags of vidjax.train
-# --------------------------------------------------------------------------------------
-
-
-def main(argv) -> None:
-    del argv
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    config = train._CONFIG.value
-    workdir = train._WORKDIR.value or f"runs/{config.get('name', 'vae')}"
-    try:
-        summary = run(config, workdir)
-    except train.USER_ERRORS as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"vidjax.train_vae: error: {msg}", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(summary))
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    from vidjax.train import parse_flags
-
-    app.run(main, flags_parser=parse_flags)

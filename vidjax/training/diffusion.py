@@ -1,0 +1,287 @@
+"""The diffusion task: a text-conditioned denoiser (STDiT or a DiT baseline) on VAE latents.
+
+    records (captions + clips; ``shapes`` generated when no caption file is given)
+    -> [stage 0: train the VAE when ``vae.train_config`` names one and ``vae.path`` holds none]
+    -> latent precompute (``data.cache_latents``: the frozen VAE encodes each clip once)
+    -> text: a trainable word embedding trained with the model, or a frozen T5 / CLIP encoder that embeds each
+       distinct caption once into a disk cache (``text.cache_dir``, default ``<workdir>/cache/text``) the loader reads
+    -> loss of ``config.diffusion`` (rectified flow or IDDPM) on the model of ``config.model``
+    -> evaluation: sample the ``shapes`` prompts and score them with vidjax.evaluate's judge
+
+The state: ``params`` / ``ema`` (the trained parameters, by ``model.freeze``), ``opt``, ``rest`` (frozen
+parameters and buffers such as the null caption ``y_embedding`` that classifier-free guidance uses).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vidjax.config import load_config
+from vidjax.data.loader import VideoSource, encode_clips, make_transform, prepare_records, probe_records
+from vidjax.diffusion import build_diffusion
+from vidjax.errors import ConfigError
+from vidjax.models.t2v import build_model, text_inputs, trainable
+from vidjax.models.vae import VAE_WEIGHTS_DIR, build_vae
+from vidjax.parallel import distributed
+from vidjax.parallel import sharding as shd
+from vidjax.training import loop
+from vidjax.training import metrics as mx
+from vidjax.training.state import ModelParts, make_optimizer, update
+
+log = logging.getLogger("vidjax.train")
+
+
+def check_config(config) -> None:
+    """Fail early, with the field names, on settings that cannot work."""
+    d, m = config.data, config.model
+    pt, ph, pw = m.patch
+    if d.height % ph or d.width % pw or d.frames % pt:
+        raise ConfigError(f"data size {d.frames}×{d.height}×{d.width} (config.data.frames/height/width) is not "
+                          f"divisible by the patch size config.model.patch={tuple(m.patch)}")
+    dif = config.diffusion
+    if dif.name == "iddpm" and dif.get("learn_sigma", True) != m.learn_sigma:
+        raise ConfigError(f"config.diffusion.learn_sigma={dif.get('learn_sigma', True)} but "
+                          f"config.model.learn_sigma={m.learn_sigma}: they must agree")
+    if m.hidden % m.heads:
+        raise ConfigError(f"config.model.hidden={m.hidden} is not divisible by config.model.heads={m.heads}")
+
+
+def check_parallel(config, mesh, vae) -> None:
+    """One-line errors for a clip that the mesh's sequence axis cannot split (before anything is compiled)."""
+    seq = dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True)).get("sequence", 1)
+    if seq == 1:
+        return
+    d, m = config.data, config.model
+    lt, lh, lw = vae.latent_shape(d.frames, d.height, d.width)
+    frames, tokens = lt // m.patch[0], (lh // m.patch[1]) * (lw // m.patch[2])
+    scheme = m.get("sequence_parallel", "auto")
+    if m.get("name", "stdit") == "dit":
+        total = frames * tokens + (config.text.max_length if m.get("conditioning") == "token-concat" else 0)
+        if total % seq:
+            raise ConfigError(f"config.data.frames/height/width give {total} tokens (with the caption if "
+                              f"token-concat), not divisible by mesh sequence={seq}")
+    elif scheme == "ring":
+        if tokens % seq:
+            raise ConfigError(f"config.data.height/width give {tokens} tokens per frame, not divisible by mesh "
+                              f"sequence={seq} (sequence_parallel='ring')")
+    elif frames % seq:
+        raise ConfigError(f"config.data.frames={d.frames} gives {frames} latent frames (VAE stride "
+                          f"{vae.downsample[0]}, patch {m.patch[0]}), not divisible by mesh sequence={seq}")
+
+
+def stage0_config(config) -> ml_collections.ConfigDict | None:
+    """The VAE run that must come first (``vae.type == "checkpoint"`` with a ``vae.train_config`` and no
+    trained weights in ``vae.path`` yet), on the same clips; None when there is nothing to do."""
+    v = config.vae
+    if v.get("type") != "checkpoint" or not v.get("train_config"):
+        return None
+    if (Path(v.path) / VAE_WEIGHTS_DIR).is_dir():
+        return None
+    vae_config = load_config(v.train_config)
+    vae_config.data = ml_collections.ConfigDict(config.data.to_dict())  # the same clips
+    vae_config.progress = config.progress
+    if "mesh" in config:
+        vae_config.mesh = ml_collections.ConfigDict(config.mesh.to_dict())
+    return vae_config
+
+
+def _absolute_paths(config) -> None:
+    """Store the paths a checkpoint refers to as absolute, so that sample / export work from any folder."""
+    with config.unlocked():
+        if config.vae.get("type") == "checkpoint" and config.vae.get("path"):
+            config.vae.path = str(Path(config.vae.path).absolute())
+        for key in ("path", "tokenizer_path", "cache_dir"):
+            if config.text.get(key):
+                config.text[key] = str(Path(config.text[key]).absolute())
+
+
+class DiffusionTask:
+    kind = "diffusion"
+    state_sections = ("model", "text.encoder", "text.vocab_size", "text.max_length", "text.dim", "vae.type",
+                      "diffusion.name", "diffusion.learn_sigma")
+
+    def __init__(self, config):
+        self.config = config
+
+    # ---- before training: stage 0 ----
+    def prepare(self, run: loop.Run) -> dict:
+        config = self.config
+        _absolute_paths(config)
+        check_config(config)
+        vae_config = stage0_config(config)
+        if vae_config is None:
+            return self._previous_vae_stage()
+        if jax.process_count() > 1:
+            raise ConfigError(f"vae.path={config.vae.path!r} holds no trained VAE; train it first with "
+                              f"python -m vidjax.train --config {config.vae.train_config} --workdir {config.vae.path}")
+        from vidjax.training.vae import VAETask
+
+        log.info("stage 0: training the VAE %s into %s", config.vae.train_config, config.vae.path)
+        vae_summary = loop.fit(VAETask(vae_config), vae_config, config.vae.path)
+        loop.setup_logging(run.workdir)  # back to this run's log
+        if vae_summary.get("preempted"):
+            run.stop.requested = run.stop.requested or "stage 0 interrupted"
+            return {}
+        return {"vae_stage": _vae_stage(vae_summary)}
+
+    def _previous_vae_stage(self) -> dict:
+        v = self.config.vae
+        path = Path(v.get("path") or "") / "summary.json"
+        if v.get("type") == "checkpoint" and path.is_file():
+            return {"vae_stage": _vae_stage(json.loads(path.read_text()))}
+        return {}
+
+    # ---- data, model, step ----
+    def setup(self, run: loop.Run) -> loop.Setup:
+        config, workdir, mesh, primary = self.config, run.workdir, run.mesh, run.primary
+        d, t = config.data, config.train
+        text = self._text(workdir)  # a missing encoder directory stops here, before any data work
+        if not primary:  # the first process generates the built-in set, then every process reads it
+            distributed.barrier("data_ready")
+        records = prepare_records(config, run.progress)
+        if primary:
+            distributed.barrier("data_ready")
+        records, clips, skipped = probe_records(records, d.frames, d.frame_interval,
+                                                report=workdir / "skipped_clips.txt" if primary else None,
+                                                keep_decoded=d.cache_in_memory, progress=run.progress)
+        if skipped and primary:
+            print(f"skipped {len(skipped)} unreadable clip(s); see {workdir / 'skipped_clips.txt'}", file=sys.stderr)
+        self.vae = vae = build_vae(config.vae)
+        check_parallel(config, mesh, vae)
+        source = VideoSource(records, clips)
+        if d.get("cache_latents", False) and config.vae.type != "raw":
+            if clips is None:
+                log.warning("config.data.cache_latents: the clips are not held in memory (config.data."
+                            "cache_in_memory is off or they exceed 2 GiB); encoding every batch instead")
+            else:  # latent precompute: the frozen VAE encodes each clip once, the step skips the encoder
+                t_enc = time.time()
+                latents = encode_clips(jax.jit(vae.encode), clips, d.frames, d.height, d.width, d.frame_interval,
+                                       progress=run.progress)
+                source = VideoSource(records, latents, latents=True)
+                log.info("latent precompute: %d clips encoded to %s in %.1f s", len(latents), latents[0].shape,
+                         time.time() - t_enc)
+        if text.frozen:
+            text.precompute(sorted({c for r in records for c in r.captions}), progress=run.progress)
+        transform = make_transform(d.frames, d.height, d.width, text.for_loader, d.frame_interval)
+        self.text_fn = text
+
+        model = build_model(config, nnx.Rngs(config.seed), latent_channels=vae.latent_channels)
+        if t.init_from:  # PixArt-α / Open-Sora / exported weights; a resume overwrites them
+            from vidjax.interop import load_pretrained
+
+            load_pretrained(model.dit, t.init_from, allow_missing=t.init_allow_missing)
+            log.info("initialised the denoiser from %s", t.init_from)
+        self.diffusion = diffusion = build_diffusion(config.diffusion)
+        tx = make_optimizer(t)
+        self.parts = parts = ModelParts(model, trainable(model))
+        p_sh, r_sh = parts.shardings(mesh)
+        state = {"params": parts.params, "ema": jax.tree.map(jnp.copy, parts.params), "opt": tx.init(parts.params), "rest": parts.rest}
+        shardings = {"params": p_sh, "ema": p_sh, "opt": shd.opt_shardings(tx, parts.params, p_sh, mesh),
+                     "rest": r_sh}
+
+        def loss_fn(params, batch, rng, rest):
+            net = parts.merge(params, rest)
+            x0 = batch["latent"] if "latent" in batch else vae.encode(batch["video"])  # precomputed, or now
+            cond = {k: batch[k] for k in ("ids", "y", "mask") if k in batch}
+            loss, metrics = diffusion.loss(lambda x, tt, c, drop: net(x, tt, c, drop), x0, cond, rng)
+            return loss, (metrics, None)
+
+        micro = int(t.get("grad_accum", 1))
+
+        def step(state, batch, rng):
+            new, metrics, _ = update(state, lambda p, b, r: loss_fn(p, b, r, state["rest"]), batch, rng, tx,
+                                     ema_decay=t.ema_decay, micro_batches=micro)
+            return new, metrics
+
+        latent = vae.latent_shape(d.frames, d.height, d.width)
+        ndims = {source.key: 5, **{k: 3 if k == "y" else 2 for k in text.keys}}
+        n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(parts.params))
+        tokens, flops = self._tokens_and_flops(model.dit.cfg, latent, vae.latent_channels, text.max_length,
+                                               text.dim)
+        return loop.Setup(state=state, shardings=shardings, step=step, source=source, transform=transform,
+                          batch_ndims=ndims, eval_every=config.sample.get("eval_every", 0), params=n_params,
+                          tokens_per_sample=tokens, flops_per_sample=flops)
+
+    def _text(self, workdir: Path):
+        config = self.config
+        if config.text.encoder != "trainable" and not config.text.get("cache_dir"):
+            with config.unlocked():
+                config.text.cache_dir = str(workdir / "cache" / "text")
+        text = text_inputs(config)
+        with config.unlocked():  # what the model is built with (a frozen encoder decides its width and length)
+            config.text.dim, config.text.max_length = text.dim, text.max_length
+        return text
+
+    def _tokens_and_flops(self, cfg, latent, channels: int, caption_len: int, caption_channels: int):
+        """Tokens per sample and training FLOPs per sample (vidjax.estimate's analytic count)."""
+        from vidjax.estimate import estimate
+
+        pt, ph, pw = cfg.patch
+        tokens = (latent[0] // pt) * (latent[1] // ph) * (latent[2] // pw)
+        est = estimate(depth=cfg.depth, hidden=cfg.hidden, frames=latent[0], height=latent[1], width=latent[2],
+                       patch=tuple(cfg.patch), caption_len=caption_len, caption_channels=caption_channels,
+                       in_channels=channels, mlp_ratio=cfg.mlp_ratio,
+                       temporal=self.config.model.get("name", "stdit") == "stdit")
+        return tokens, est.train_flops_per_sample
+
+    # ---- evaluation ----
+    def _eval_model(self, state: dict):
+        """The EMA model for sampling; with several processes each gathers it (a collective), the first samples."""
+        if jax.process_count() == 1:
+            return self.parts.merge(state["ema"], state["rest"])
+        return self.parts.merge(shd.to_host(state["ema"]), shd.to_host(state["rest"]))
+
+    def _sample_and_score(self, run: loop.Run, state: dict, step: int, minutes: float, out_dir: Path,
+                          writer) -> dict | None:
+        from vidjax.evaluate import CHANCE, evaluate_model
+
+        model = self._eval_model(state)
+        report = None
+        if run.primary:
+            report = evaluate_model(model, self.config, self.vae, self.diffusion, self.text_fn, out_dir=out_dir)
+            curve = run.workdir / "eval_curve.jsonl"
+            mx.append_row(curve, {"step": step, "train_minutes": round(minutes, 2), **report["summary"]})
+            mx.plot_curve(curve, run.workdir / "eval_curve.png", ("colour", "shape", "motion", "all"),
+                          ylabel="accuracy (%)  (dotted: chance)", chance=CHANCE, percent=True)
+            if writer is not None:
+                for k in ("colour", "shape", "motion", "all"):
+                    writer.add_scalar(f"eval/{k}", report["summary"][k], step)
+            log.info("eval at step %d: %s", step, format_summary(report["summary"]))
+        distributed.barrier(f"eval_{step}")
+        return report
+
+    def evaluate(self, run: loop.Run, state: dict, step: int, train_minutes: float) -> None:
+        self._sample_and_score(run, state, step, train_minutes, run.workdir / "samples" / f"step_{step:06d}",
+                               run.writer)
+
+    def finish(self, run: loop.Run, state: dict, trained_now: bool, train_minutes: float) -> dict:
+        if self.config.sample.num_prompts <= 0 or not trained_now:
+            return {}
+        report = self._sample_and_score(run, state, self.config.train.steps, train_minutes,
+                                        run.workdir / "samples", None)
+        if report is None:
+            return {}
+        print(format_summary(report["summary"]), file=sys.stderr)
+        return {"eval": report["summary"]}
+
+
+def format_summary(s: dict) -> str:
+    return ("evaluation on {n} prompts: colour {colour:.0%}, shape {shape:.0%}, motion {motion:.0%}, "
+            "all three {all:.0%}").format(**s)
+
+
+def _vae_stage(s: dict) -> dict:
+    return {k: s[k] for k in ("steps", "psnr", "ssim", "total_minutes", "train_minutes") if k in s}
+
+
+__all__ = ["DiffusionTask", "check_config", "check_parallel", "stage0_config"]
