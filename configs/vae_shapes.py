@@ -103,7 +103,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.name = "vae_shapes_quick"
         c.data.num_clips, c.data.root = 32, "data/shapes_quick"
         c.vae.model.update(filters=8, latent_embed_dim=4, embed_dim=4)
-        c.train.update(steps=6, batch_size=4, warmup=2, log_every=1, ckpt_every=3)
+        c.train.update(steps=6, batch_size=8, warmup=2, log_every=1, ckpt_every=3)
         c.eval.update(clips=4, batch_size=4, every=0, show=2)
     elif arg:
         raise ValueError(f"unknown variant {arg!r} of configs/vae_shapes.py; expected vq, adversarial, stage0 or quick")

@@ -11,7 +11,8 @@ from _helpers import losses, quick
 from flax import nnx
 
 from configs.vae_shapes import get_config
-from vidjax import train_vae
+from vidjax.training import run
+from vidjax.training import vae as train_vae
 from vidjax.models.vae import VQVAE, TemporalVAE, build_vae
 from vidjax.models.vae.temporal import CausalConv3d
 
@@ -27,7 +28,7 @@ def full_run(tmp_path_factory):
     """An uninterrupted 8-step causal-VAE run with checkpoints at steps 4 and 8."""
     tmp = tmp_path_factory.mktemp("vae")
     c = quick_config(tmp, **{"train.steps": 8, "train.ckpt_every": 4, "eval.every": 4})
-    summary = train_vae.run(c, tmp / "work")
+    summary = run(c, tmp / "work")
     return tmp, c, summary
 
 
@@ -49,12 +50,31 @@ def test_run_trains_and_writes_everything(full_run):
     assert json.loads((work / "vae_config.json").read_text())["type"] == "causal_vae"
 
 
+def test_vae_task_runs_on_an_8_device_mesh_with_fsdp(full_run, tmp_path):
+    """Stage 0 is data parallel / ZeRO-3 like the denoiser: on 8 CPU devices split data=4 × fsdp=2 it computes
+    the losses of the 8-way data-parallel run (full_run, every device on ``data``)."""
+    import jax
+    from ml_collections import ConfigDict
+
+    assert jax.device_count() == 8
+    tmp, c, _ = full_run
+    c2 = ConfigDict(c.to_dict())
+    c2.mesh = ConfigDict(dict(data=4, fsdp=2))
+    c2.eval.every = 0
+    run(c2, tmp_path / "work")
+    assert "mesh data=4 fsdp=2 sequence=1 tensor=1 (8 devices)" in (tmp_path / "work" / "train.log").read_text()
+    want, got = losses(tmp / "work"), losses(tmp_path / "work")
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-4), (k, got[k], want[k])
+
+
 def test_resume_continues_with_identical_losses(full_run, tmp_path):
     tmp, c, summary = full_run
     work = tmp_path / "work"
     shutil.copytree(tmp / "work", work)
     shutil.rmtree(work / "checkpoints" / "8")  # as if killed after the step-4 checkpoint
-    resumed = train_vae.run(c, work)
+    resumed = run(c, work)
     assert resumed["resumed_from"] == 4
     assert losses(work) == losses(tmp / "work")  # steps 5-8 redone exactly: weights, optimizer, data order
     assert resumed["psnr"] == summary["psnr"]
@@ -77,12 +97,12 @@ def test_trained_vae_loads_through_build_vae(full_run):
 
 
 def test_vq_vae_with_adversarial_term_trains_and_loads(tmp_path):
-    c = quick_config(tmp_path, "vq", **{"train.steps": 3, "train.ckpt_every": 3, "train.batch_size": 4,
+    c = quick_config(tmp_path, "vq", **{"train.steps": 3, "train.ckpt_every": 3, "train.batch_size": 8,
                                         "loss.adversarial_weight": 0.1, "loss.adversarial_start": 1,
                                         "loss.disc_filters": 4, "eval.clips": 2, "eval.batch_size": 2})
     c.data.num_clips = 8
     c.vae.model.update(n_hiddens=8, n_res_layers=1, embedding_dim=4, n_codes=16, num_groups=4, axial_attention=False)
-    summary = train_vae.run(c, tmp_path / "work")
+    summary = run(c, tmp_path / "work")
     rows = [json.loads(ln) for ln in (tmp_path / "work" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(np.isfinite(r["loss"]) and r["perplexity"] >= 1 for r in rows)
     assert rows[0]["d_loss"] == 0 and rows[-1]["d_loss"] > 0  # the discriminator starts at step 1
@@ -125,8 +145,7 @@ def test_folded_causal_conv_equals_3d_conv(stride):
 
 
 def test_command_line_runs_the_vae_task(tmp_path):
-    """``python -m vidjax.train --config configs/vae_shapes.py`` as the README writes it (the quick variant):
-    the VAE task imports ``vidjax.train`` while it runs as ``__main__``, which must not define the flags twice."""
+    """``python -m vidjax.train --config configs/vae_shapes.py`` as the README writes it (the quick variant)."""
     import os
     import subprocess
     import sys
