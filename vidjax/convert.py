@@ -1,7 +1,11 @@
-"""Import a PixArt-α or Open-Sora v1.0 PyTorch checkpoint into a vidjax STDiT.
+"""Import a PixArt-α or Open-Sora v1.0 PyTorch checkpoint into a vidjax STDiT, or check and rewrite an
+Open-Sora v1.2 model directory.
 
     python -m vidjax.convert PixArt-XL-2-512x512.pth --model STDiT-XL/2 --allow-missing \\
         --set space_scale=0.5 --out pixart_stdit.safetensors
+    python -m vidjax.convert OpenSora-STDiT-v3/ --out stdit3/          # config.json + model.safetensors
+    python -m vidjax.convert OpenSora-VAE-v1.2/ --out vae/
+    python -m vidjax.convert ema.pt --model STDiT3-XL/2 --out stdit3/  # a v1.2 training checkpoint
 
 The checkpoint (``.pth``/``.pt``/``.bin``/``.ckpt`` via torch, or ``.safetensors`` without torch)
 is loaded into a freshly built STDiT with Open-Sora's rules: the ``ema`` or ``state_dict``
@@ -12,6 +16,11 @@ Every other missing key, unexpected key or shape mismatch is an error.
 The result is written as a complete Open-Sora v1.0 state_dict in safetensors (plus a .json of
 the config), which training reads without torch (``vidjax.interop.load_pretrained``) and
 Open-Sora's PyTorch STDiT loads strictly.
+
+v1.2 (a directory holding ``config.json`` + ``model.safetensors``, whose ``model_type`` is ``STDiT3`` or
+``VideoAutoencoderPipeline``; or a checkpoint file with ``--model STDiT3-XL/2``): loaded strictly into
+vidjax's STDiT3 / v1.2 VAE with the same report, and written as the same directory layout to ``--out``
+(``--dtype`` casts), which v1.2's ``from_pretrained`` and ``vidjax.interop.from_pretrained`` load.
 """
 
 from __future__ import annotations
@@ -19,12 +28,15 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+from pathlib import Path
 
 from flax import nnx
 
+from vidjax.errors import UserError
 from vidjax.interop.files import SELECT_CHOICES, CheckpointFormatError, read_checkpoint, write_opensora
 from vidjax.interop.torch_names import CheckpointMismatchError, check_state_dict, load_state_dict_into_stdit
 from vidjax.models.stdit import STDIT_SIZES, STDiT, stdit_config
+from vidjax.models.stdit3 import STDIT3_SIZES, STDiT3, stdit3_config
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -44,9 +56,14 @@ def parse_overrides(items: list[str]) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m vidjax.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="PixArt-α / Open-Sora v1.0 checkpoint (.pth, .pt, .bin, .ckpt, .safetensors)")
-    p.add_argument("--out", required=True, help="output .safetensors file (a .json is written next to it)")
-    p.add_argument("--model", default="STDiT-XL/2", choices=sorted(STDIT_SIZES), help="model size (default XL/2)")
+    p.add_argument("checkpoint", help="PixArt-α / Open-Sora v1.0 checkpoint (.pth, .pt, .bin, .ckpt, .safetensors), "
+                                      "or an Open-Sora v1.2 model directory (config.json + model.safetensors)")
+    p.add_argument("--out", required=True, help="output .safetensors file (a .json is written next to it); a "
+                                                "directory for v1.2 models")
+    p.add_argument("--model", default="STDiT-XL/2", choices=sorted(STDIT_SIZES) + sorted(STDIT3_SIZES),
+                   help="model size of a checkpoint file (default STDiT-XL/2); v1.2 directories carry their own")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="tensor dtype of a written v1.2 directory (default float32)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="STDiTConfig override, repeatable (e.g. space_scale=0.5, in_channels=4, depth=2)")
     p.add_argument("--select", choices=SELECT_CHOICES, default="auto",
@@ -60,8 +77,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def convert_v12(args: argparse.Namespace) -> str:
+    """A v1.2 directory, or a checkpoint file for an STDiT3 size, checked strictly and written as a directory."""
+    from vidjax.interop import pretrained
+
+    source, out = Path(args.checkpoint), Path(args.out)
+    if out.suffix == ".safetensors" or (out.exists() and not out.is_dir()):
+        raise UserError(f"--out {out}: a v1.2 model is written as a directory (config.json + model.safetensors)")
+    if source.is_dir():
+        kind = pretrained.model_type(pretrained.read_config(source), str(source / "config.json"))
+        if kind == pretrained.VAE_TYPE:
+            model, report = pretrained.vae_from_pretrained(source)
+            pretrained.save_vae_pretrained(model, out, pretrained.read_config(source))
+            return f"{source}: OpenSoraVAE_V1_2, {report.summary()}\nwrote {out}/model.safetensors + config.json"
+        model, report = pretrained.stdit3_from_pretrained(source)
+    else:
+        cfg = stdit3_config(args.model, **parse_overrides(args.set))
+        model = nnx.eval_shape(lambda: STDiT3(cfg, rngs=nnx.Rngs(0)))
+        report = load_state_dict_into_stdit(model, read_checkpoint(source, args.select,
+                                                                   unsafe_pickle=args.unsafe_pickle))
+    pretrained.save_stdit3_pretrained(model, out, dtype=None if args.dtype == "float32" else args.dtype)
+    return (f"{source}: STDiT3 (depth {model.cfg.depth}, hidden {model.cfg.hidden_size}), {report.summary()}\n"
+            f"wrote {out}/model.safetensors ({model.num_params():,} parameters, {args.dtype}) + config.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if Path(args.checkpoint).is_dir() or args.model in STDIT3_SIZES:
+        try:
+            print(convert_v12(args))
+        except (UserError, FileNotFoundError, ValueError, TypeError) as err:
+            print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+            return 2
+        return 0
     if not args.out.endswith(".safetensors"):
         print(f"error: --out {args.out}: the output must be a .safetensors file", file=sys.stderr)
         return 2

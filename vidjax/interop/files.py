@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from vidjax.errors import InputError
+
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 SELECT_CHOICES = ("auto", "ema", "state_dict", "none")
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(InputError):
     """The file is not a checkpoint this module can read."""
 
 
@@ -150,8 +152,18 @@ def write_opensora(model, out: str | Path, input_size: tuple[int, int, int], *, 
 
 def load_pretrained(model, path: str | Path, *, select: str = "auto", allow_missing: bool = False,
                     unsafe_pickle: bool = False):
-    """Read a PixArt-α / Open-Sora v1.0 / vidjax-exported checkpoint into ``model`` (an STDiT) in place."""
+    """Read a checkpoint into ``model`` in place and return the ``ImportReport``.
+
+    A file: PixArt-α / Open-Sora v1.0 / vidjax-exported weights into an STDiT, or v1.2 weights into an
+    STDiT3. A directory: a published v1.2 model (``config.json`` + ``model.safetensors``, see
+    ``vidjax.interop.pretrained``) into an STDiT3 or the v1.2 VAE, strictly.
+    """
     from vidjax.interop.torch_names import load_state_dict_into_stdit
+
+    if Path(path).is_dir():
+        from vidjax.interop.pretrained import load_pretrained_dir
+
+        return load_pretrained_dir(model, path)
 
     sd = read_checkpoint(path, select, unsafe_pickle=unsafe_pickle)
     return load_state_dict_into_stdit(model, sd, allow_missing=allow_missing)

@@ -1,4 +1,4 @@
-"""Open-Sora v1.0 ``state_dict`` <-> vidjax ``STDiT`` state: the one name and layout map.
+"""Open-Sora ``state_dict`` <-> vidjax state: the one name and layout map, for v1.0's ``STDiT`` and v1.2's ``STDiT3``.
 
 Both directions (export and import) are generated from the same ``entries(model)`` list, so
 a name or a layout rule lives in exactly one place:
@@ -11,8 +11,10 @@ vidjax variable (path in ``nnx.state``)         Open-Sora / PixArt key, torch la
 ``t_embedder.mlp.fc1`` / ``.fc2``               ``t_embedder.mlp.0`` / ``.mlp.2`` (same for fps_embedder)
 ``t_block``                                     ``t_block.1`` (Sequential(SiLU, Linear))
 ``blocks.<name>`` [depth, ...] (nnx.vmap)       ``blocks.{i}.<name>`` for i < depth
+``spatial_blocks`` / ``temporal_blocks`` (v1.2)  ``spatial_blocks.{i}.<name>`` / ``temporal_blocks.{i}.<name>``
 bias, ``scale_shift_table``, ``y_embedding``     same name, same layout
 (recomputed, never stored)                      ``pos_embed`` [1, S, C], ``pos_embed_temporal`` [1, T, C]
+(recomputed, checked; v1.2)                     ``rope.freqs`` [D/2] (rotary_embedding_torch's parameter)
 =============================================  =====================================================
 
 Loading rules (Open-Sora ``opensora/utils/ckpt_utils.py``): ``pos_embed*`` are dropped and
@@ -21,6 +23,8 @@ keys absent from image checkpoints (``attn_temp``, and the STDiT3 extras ``q_nor
 ``fps_embedder``) may be accepted with ``allow_missing``, and are then reset to their
 initialisation: temporal and fps output projections zero, qk-norm scales one.
 Anything else missing, any unexpected key and any shape mismatch raises ``CheckpointMismatchError``.
+v1.2's ``STDiT3`` has no optional keys: its loads are strict; ``rope.freqs``, a fixed function of the
+head size, is checked against ours and dropped (absent is fine).
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ import numpy as np
 from einops import rearrange
 from flax import nnx
 
+from vidjax.errors import InputError
 from vidjax.models.stdit import STDiT
+from vidjax.models.stdit3 import STDiT3
 
 RENAMES = (  # (vidjax prefix, Open-Sora prefix), matched on whole path components
     ("t_embedder.mlp.fc1", "t_embedder.mlp.0"),
@@ -44,9 +50,10 @@ RENAMES = (  # (vidjax prefix, Open-Sora prefix), matched on whole path componen
     ("t_block", "t_block.1"),
 )
 POS_BUFFERS = ("pos_embed", "pos_embed_temporal")
-# module order of Open-Sora's STDiT.state_dict(), for a readable export
-MODULE_ORDER = ("pos_embed", "pos_embed_temporal", "x_embedder", "t_embedder", "t_block", "y_embedder",
-                "fps_embedder", "blocks", "final_layer")
+STACKED = ("blocks", "spatial_blocks", "temporal_blocks")  # nnx.vmap-stacked block lists
+# module order of Open-Sora's STDiT / STDiT3 .state_dict(), for a readable export
+MODULE_ORDER = ("pos_embed", "pos_embed_temporal", "rope", "x_embedder", "t_embedder", "fps_embedder", "t_block",
+                "y_embedder", "blocks", "spatial_blocks", "temporal_blocks", "final_layer")
 # keys an image (PixArt) or v1.0 checkpoint lacks, and the value they take when allowed to be missing
 OPTIONAL_KEYS: dict[str, str] = {
     r"blocks\.\d+\.attn_temp\.proj\.(weight|bias)$": "zeros",
@@ -57,7 +64,7 @@ OPTIONAL_KEYS: dict[str, str] = {
 }
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError):
     """The checkpoint's keys or shapes do not match the model."""
 
 
@@ -88,14 +95,14 @@ def _variables(model: nnx.Module) -> dict[tuple[str, ...], nnx.Variable]:
     return {tuple(map(str, path)): var for path, var in nnx.iter_graph(model) if isinstance(var, nnx.Variable)}
 
 
-def entries(model: STDiT) -> list[Entry]:
-    """Every stored Open-Sora tensor of ``model`` except the recomputed ``pos_embed*`` buffers."""
+def entries(model: STDiT | STDiT3) -> list[Entry]:
+    """Every stored Open-Sora tensor of ``model`` except the recomputed buffers (``pos_embed*``, ``rope.freqs``)."""
     out = []
     for path in _variables(model):
         name = _opensora_name(path)
         kind = "patch" if path == ("x_embedder", "proj", "kernel") else "linear" if path[-1] == "kernel" else "copy"
-        if path[0] == "blocks":
-            out += [Entry(f"blocks.{i}.{name[len('blocks.'):]}", path, i, kind) for i in range(model.cfg.depth)]
+        if path[0] in STACKED:
+            out += [Entry(f"{path[0]}.{i}.{name[len(path[0]) + 1:]}", path, i, kind) for i in range(model.cfg.depth)]
         else:
             out.append(Entry(name, path, None, kind))
     return sorted(out, key=_order)
@@ -129,6 +136,16 @@ def from_opensora(kind: str, w: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
+def patch_of(model: STDiT | STDiT3) -> tuple[int, int, int]:
+    return tuple(model.cfg.patch_size if isinstance(model, STDiT3) else model.cfg.patch)
+
+
+def rope_freqs(model: STDiT3) -> np.ndarray:
+    """v1.2's ``rope.freqs`` [D/2]: ``1 / 1e4 ** (arange(0, D, 2) / D)`` in float32, D the head size."""
+    d = model.cfg.hidden_size // model.cfg.num_heads
+    return (1.0 / (10000 ** (np.arange(0, d, 2)[: d // 2].astype(np.float32) / d))).astype(np.float32)
+
+
 def pos_buffers(model: STDiT, frames: int, height: int, width: int) -> dict[str, np.ndarray]:
     """``pos_embed`` [1, S, C] and ``pos_embed_temporal`` [1, T', C] for a latent input of T×H×W."""
     pt, ph, pw = model.cfg.patch
@@ -152,6 +169,24 @@ def stdit_to_state_dict(model: STDiT, frames: int, height: int, width: int, dtyp
     return {k: np.ascontiguousarray(v if dtype is None else v.astype(dtype)) for k, v in sd.items()}
 
 
+def stdit3_to_state_dict(model: STDiT3, dtype=None) -> dict[str, np.ndarray]:
+    """Open-Sora v1.2 ``STDiT3.state_dict()`` of ``model`` as numpy arrays (``rope.freqs`` included).
+
+    ``dtype``: cast every tensor (default: keep the variables' dtype, float32).
+    """
+    variables = {path: np.asarray(var.get_value()) for path, var in _variables(model).items()}
+    sd = {"rope.freqs": rope_freqs(model)}
+    for e in entries(model):
+        a = variables[e.path] if e.block is None else variables[e.path][e.block]
+        sd[e.name] = to_opensora(e.kind, a, patch_of(model))
+    return {k: np.ascontiguousarray(v if dtype is None else v.astype(dtype)) for k, v in sd.items()}
+
+
+def stdit3_state_dict_shapes(model: STDiT3) -> dict[str, tuple[int, ...]]:
+    """Names and shapes ``stdit3_to_state_dict`` would write; works on an ``nnx.eval_shape`` model."""
+    return {"rope.freqs": rope_freqs(model).shape, **_entry_shapes(model)}
+
+
 def state_dict_shapes(model: STDiT, frames: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
     """Names and shapes ``stdit_to_state_dict`` would write; works on an ``nnx.eval_shape`` model."""
     _check_grid(model, frames, height, width)
@@ -164,7 +199,7 @@ def _entry_shapes(model: STDiT) -> dict[str, tuple[int, ...]]:
     for e in entries(model):
         v = variables[e.path]
         a = jax.ShapeDtypeStruct(v.shape if e.block is None else v.shape[1:], v.dtype)
-        out[e.name] = tuple(jax.eval_shape(lambda a, e=e: to_opensora(e.kind, a, model.cfg.patch), a).shape)
+        out[e.name] = tuple(jax.eval_shape(lambda a, e=e: to_opensora(e.kind, a, patch_of(model)), a).shape)
     return out
 
 
@@ -182,7 +217,7 @@ def _check_grid(model: STDiT, frames: int, height: int, width: int) -> None:
 @dataclasses.dataclass
 class ImportReport:
     loaded: list[str]
-    dropped: list[str]  # pos_embed* (recomputed)
+    dropped: list[str]  # pos_embed*, rope.freqs (recomputed)
     missing: list[str]  # accepted with allow_missing, reset to their initialisation
     conv2d_unsqueezed: bool  # a PixArt Conv2d patch kernel was made a Conv3d one
 
@@ -201,8 +236,8 @@ def group_names(names: list[str], limit: int = 12) -> str:
     """``blocks.0.x, blocks.1.x`` -> ``blocks.{0..1}.x``: a readable list of many keys."""
     groups: dict[str, list[int]] = {}
     for n in names:
-        m = re.match(r"blocks\.(\d+)\.(.*)", n)
-        key, idx = (f"blocks.{{}}.{m.group(2)}", int(m.group(1))) if m else (n, -1)
+        m = re.match(r"(\w*blocks)\.(\d+)\.(.*)", n)
+        key, idx = (f"{m.group(1)}.{{}}.{m.group(3)}", int(m.group(2))) if m else (n, -1)
         groups.setdefault(key, []).append(idx)
     parts = []
     for key, idx in groups.items():
@@ -223,8 +258,13 @@ def _is_optional(name: str) -> str | None:
     return None
 
 
-def _describe(model: STDiT) -> str:
+def _describe(model: STDiT | STDiT3) -> str:
     c = model.cfg
+    if isinstance(model, STDiT3):
+        return (f"STDiT3(depth={c.depth}, hidden_size={c.hidden_size}, num_heads={c.num_heads}, "
+                f"patch_size={c.patch_size}, in_channels={c.in_channels}, pred_sigma={c.pred_sigma}, "
+                f"caption_channels={c.caption_channels}, model_max_length={c.model_max_length}, "
+                f"qk_norm={c.qk_norm}, mlp_ratio={c.mlp_ratio})")
     return (f"STDiT(depth={c.depth}, hidden={c.hidden}, heads={c.heads}, patch={c.patch}, in_channels={c.in_channels},"
             f" learn_sigma={c.learn_sigma}, caption_channels={c.caption_channels},"
             f" model_max_length={c.model_max_length}, qk_norm={c.qk_norm}, fps_conditioning={c.fps_conditioning})")
@@ -238,9 +278,20 @@ def check_state_dict(model: STDiT, state_dict: Mapping[str, np.ndarray], *,
     every missing key, unexpected key and shape mismatch.
     """
     sd = {k: np.asarray(v) for k, v in state_dict.items()}
-    dropped = [k for k in POS_BUFFERS if sd.pop(k, None) is not None]
+    if isinstance(model, STDiT3):  # v1.2: strict, no PixArt rules; rope.freqs is checked, then recomputed
+        dropped, allow_missing = [], False
+        if "rope.freqs" in sd:
+            ours, theirs = rope_freqs(model), sd.pop("rope.freqs")
+            if theirs.shape != ours.shape or not np.allclose(theirs.astype(np.float32), ours, rtol=1e-2):
+                raise CheckpointMismatchError(f"checkpoint does not match {_describe(model)}: rope.freqs "
+                                              f"{tuple(theirs.shape)} differs from the rotary frequencies of "
+                                              f"head size {model.cfg.hidden_size // model.cfg.num_heads} "
+                                              f"(theta 1e4), {ours.shape}")
+            dropped.append("rope.freqs")
+    else:
+        dropped = [k for k in POS_BUFFERS if sd.pop(k, None) is not None]
     w = sd.get("x_embedder.proj.weight")
-    conv2d = w is not None and w.ndim == 4
+    conv2d = isinstance(model, STDiT) and w is not None and w.ndim == 4
     if conv2d:
         sd["x_embedder.proj.weight"] = w[:, :, None]  # PixArt Conv2d [C, c, ph, pw] -> Conv3d [C, c, 1, ph, pw]
 
@@ -271,9 +322,16 @@ def check_state_dict(model: STDiT, state_dict: Mapping[str, np.ndarray], *,
     return sd, report
 
 
-def load_state_dict_into_stdit(model: STDiT, state_dict: Mapping[str, np.ndarray], *,
+def _host_array(value) -> np.ndarray:
+    """A writable numpy copy; zeros for an abstract (``nnx.eval_shape``) variable, which the checkpoint fills."""
+    if isinstance(value, jax.ShapeDtypeStruct):
+        return np.zeros(value.shape, value.dtype)
+    return np.array(value)
+
+
+def load_state_dict_into_stdit(model: STDiT | STDiT3, state_dict: Mapping[str, np.ndarray], *,
                                allow_missing: bool = False) -> ImportReport:
-    """Load an Open-Sora v1.0 / PixArt-α state_dict into ``model`` in place.
+    """Load an Open-Sora v1.0 / PixArt-α state_dict into an ``STDiT``, or a v1.2 one into an ``STDiT3``, in place.
 
     Raises ``CheckpointMismatchError`` listing every missing key, unexpected key and shape
     mismatch. With ``allow_missing``, keys in ``OPTIONAL_KEYS`` (temporal attention for an
@@ -281,7 +339,7 @@ def load_state_dict_into_stdit(model: STDiT, state_dict: Mapping[str, np.ndarray
     """
     sd, report = check_state_dict(model, state_dict, allow_missing=allow_missing)
     variables = _variables(model)
-    new = {path: np.array(var.get_value()) for path, var in variables.items()}
+    new = {path: _host_array(var.get_value()) for path, var in variables.items()}
     for e in entries(model):
         if e.name in sd:
             value = from_opensora(e.kind, sd[e.name])

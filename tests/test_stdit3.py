@@ -1,0 +1,267 @@
+"""STDiT3 (Open-Sora v1.2): parity with a PyTorch STDiT3 written from v1.2's code, through the published
+directory layout in both directions; the published XL/2 key set; strict loading errors; the v1.2 VAE directory.
+
+The reference (tests/_stdit3_torch.py) keeps v1.2's module names, so its ``state_dict`` is the published one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from vidjax.errors import InputError, MissingFileError
+from vidjax.interop import (
+    CheckpointMismatchError,
+    from_pretrained,
+    load_pretrained,
+    save_stdit3_pretrained,
+    stdit3_state_dict_shapes,
+)
+from vidjax.models.stdit3 import STDiT3, STDiT3Config, stdit3_config
+
+torch = pytest.importorskip("torch")
+ref = pytest.importorskip("_stdit3_torch")
+pytestmark = pytest.mark.torch
+
+# odd sizes: 5 heads of 8, caption 20 channels × 7 tokens, 3 input channels, a 3×5 patch grid
+TINY = dict(depth=2, hidden_size=40, num_heads=5, caption_channels=20, model_max_length=7, in_channels=3,
+            mlp_ratio=3.0)
+B, T, H, W = 3, 3, 6, 10
+
+
+def rel_err(a, b) -> float:
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
+
+
+def inputs(seed: int = 0, h: int = H, w: int = W):
+    """x [B, T, H, W, C] channels-last, padded captions (7, 4, 2 real tokens), clean frames in two samples."""
+    rng = np.random.default_rng(seed)
+    return dict(
+        x=rng.normal(size=(B, T, h, w, TINY["in_channels"])).astype(np.float32),
+        t=np.array([900.0, 500.5, 10.0], np.float32),
+        y=rng.normal(size=(B, TINY["model_max_length"], TINY["caption_channels"])).astype(np.float32),
+        mask=(np.arange(TINY["model_max_length"])[None] < np.array([7, 4, 2])[:, None]).astype(np.int64),
+        x_mask=np.array([[True, False, True], [False, False, True], [True, True, True]]),
+        fps=np.array([24.0, 12.0, 30.0], np.float32),
+        height=np.array([50.0, 50.0, 50.0], np.float32),  # the first sample's size is used, as in v1.2
+        width=np.array([83.0, 83.0, 83.0], np.float32),
+    )
+
+
+def run_ref(model, d, x_mask=True, drop=None) -> np.ndarray:
+    """The torch model on channels-last inputs; output back to [B, T, H, W, C]."""
+    t = {k: torch.from_numpy(np.asarray(v)) for k, v in d.items()}
+    with torch.no_grad():
+        out = model(t["x"].permute(0, 4, 1, 2, 3), t["t"], t["y"][:, None], mask=t["mask"],
+                    x_mask=t["x_mask"] if x_mask else None, fps=t["fps"], height=t["height"], width=t["width"],
+                    force_drop_ids=None if drop is None else torch.from_numpy(drop.astype(np.int64)))
+    return out.permute(0, 2, 3, 4, 1).numpy()
+
+
+def run_ours(model: STDiT3, d, x_mask=True, drop=None) -> np.ndarray:
+    graphdef, state = nnx.split(model)
+    h, w = float(d["height"][0]), float(d["width"][0])
+
+    @jax.jit
+    def fwd(state, x, t, y, mask, xm, fps, drop):
+        return nnx.merge(graphdef, state)(x, t, y, mask, xm, fps, height=h, width=w, drop=drop)
+
+    return np.asarray(fwd(state, d["x"], d["t"], d["y"], d["mask"], d["x_mask"] if x_mask else None, d["fps"],
+                          None if drop is None else jnp.asarray(drop)))
+
+
+@pytest.fixture(scope="module")
+def torch_dir(tmp_path_factory):
+    """A randomised v1.2 reference (every layer non-zero) saved in the published layout."""
+    torch.manual_seed(0)
+    model = ref.randomize_(ref.STDiT3(**TINY), seed=1).eval()
+    path = tmp_path_factory.mktemp("stdit3") / "OpenSora-STDiT-v3"
+    model.save_pretrained(path)
+    return model, path
+
+
+def test_import_parity_through_the_published_directory(torch_dir):
+    torch_model, path = torch_dir
+    # the layers v1.2 initialises to zero are randomised too
+    assert float(torch_model.temporal_blocks[0].attn.proj.weight.detach().abs().min()) > 0
+    ours, report = from_pretrained(path)
+    assert isinstance(ours, STDiT3) and ours.cfg.hidden_size == 40 and ours.cfg.pred_sigma
+    assert report.dropped == ["rope.freqs"] and len(report.loaded) == len(torch_model.state_dict()) - 1
+    d = inputs()
+    out = run_ours(ours, d)
+    assert out.shape == (B, T, H, W, 2 * TINY["in_channels"])
+    err_mask = rel_err(out, run_ref(torch_model, d))
+    err_plain = rel_err(run_ours(ours, d, x_mask=False), run_ref(torch_model, d, x_mask=False))
+    drop = np.array([True, False, True])
+    err_null = rel_err(run_ours(ours, d, drop=drop), run_ref(torch_model, d, drop=drop))
+    print(f"STDiT3 import parity: rel err x_mask {err_mask:.2e}, no mask {err_plain:.2e}, null caption "
+          f"{err_null:.2e}")
+    assert max(err_mask, err_plain, err_null) <= 1e-4
+    # the mask and the null caption change the output (the comparisons above are not vacuous)
+    assert rel_err(out, run_ours(ours, d, x_mask=False)) > 1e-2
+    assert rel_err(out, run_ours(ours, d, drop=drop)) > 1e-2
+
+
+def test_padding_of_sizes_not_divisible_by_the_patch(torch_dir):
+    torch_model, path = torch_dir
+    ours, _ = from_pretrained(path)
+    d = inputs(seed=3, h=7, w=9)  # v1.2 pads H, W up to the patch and crops the output back
+    out = run_ours(ours, d)
+    assert out.shape == (B, T, 7, 9, 2 * TINY["in_channels"])
+    assert rel_err(out, run_ref(torch_model, d)) <= 1e-4
+
+
+def host_random(cfg: STDiT3Config, seed: int) -> STDiT3:
+    """An STDiT3 with random non-zero weights filled from numpy (no eager jax init)."""
+    model = nnx.eval_shape(lambda: STDiT3(cfg, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(seed)
+    for _, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.Variable):
+            shape = var.get_value().shape
+            var.set_value(jnp.asarray(rng.normal(0, 0.3 / max(shape[-1], 1) ** 0.25, shape).astype(np.float32)))
+    return model
+
+
+def test_export_parity_loaded_strictly_by_the_reference(tmp_path):
+    ours = host_random(stdit3_config(**TINY), seed=7)
+    config = save_stdit3_pretrained(ours, tmp_path / "exported")
+    assert config["model_type"] == "STDiT3" and config["hidden_size"] == 40 and config["patch_size"] == [1, 2, 2]
+    torch_model = ref.STDiT3.from_pretrained(tmp_path / "exported").eval()  # load_state_dict(strict=True)
+    d = inputs(seed=5)
+    err = rel_err(run_ours(ours, d), run_ref(torch_model, d))
+    print(f"STDiT3 export parity: rel err {err:.2e}")
+    assert err <= 1e-4
+    # and back: the exported directory re-imports to the same weights
+    again, _ = from_pretrained(tmp_path / "exported")
+    assert rel_err(run_ours(again, d), run_ours(ours, d)) == 0.0
+
+
+# --------------------------------------------------------------------------------------
+# The published XL/2, without allocating it
+# --------------------------------------------------------------------------------------
+
+XL2_PARAMS = 1_207_643_936  # nn.Parameters of v1.2's STDiT3-XL/2 without rope.freqs (a frozen parameter of 36)
+
+
+def test_xl2_key_names_shapes_and_count():
+    abstract = nnx.eval_shape(lambda: STDiT3(stdit3_config("STDiT3-XL/2"), rngs=nnx.Rngs(0)))
+    ours = stdit3_state_dict_shapes(abstract)
+    theirs = ref.meta_state_dict_shapes(depth=28, hidden_size=1152, patch_size=[1, 2, 2], num_heads=16)
+    assert ours == theirs
+    # rope.freqs 1, x_embedder 2, t_embedder 4, fps_embedder 4, t_block 2, y_embedder 5, 2 × 28 blocks × 17, final 3
+    assert len(ours) == 1 + 2 + 4 + 4 + 2 + 5 + 2 * 28 * 17 + 3 == 973
+    with torch.device("meta"):
+        meta = ref.STDiT3(depth=28, hidden_size=1152, patch_size=[1, 2, 2], num_heads=16)
+    torch_params = sum(p.numel() for n, p in meta.named_parameters() if n != "rope.freqs")
+    ours_params = abstract.num_params()
+    print(f"STDiT3-XL/2: {ours_params:,} parameters, {len(ours)} state_dict tensors")
+    assert ours_params == torch_params == XL2_PARAMS
+    assert theirs["final_layer.linear.weight"] == (32, 1152)  # pred_sigma: 2 × 4 channels × 1·2·2 patch
+    assert theirs["y_embedder.y_embedding"] == (300, 4096) and theirs["rope.freqs"] == (36,)
+
+
+# --------------------------------------------------------------------------------------
+# Bad input: one clear error naming the tensor or file
+# --------------------------------------------------------------------------------------
+
+
+def _copy_dir(src, dst, edit):
+    from safetensors.numpy import load_file, save_file
+
+    dst.mkdir()
+    (dst / "config.json").write_text((src / "config.json").read_text())
+    sd = load_file(str(src / "model.safetensors"))
+    edit(sd)
+    save_file(sd, str(dst / "model.safetensors"))
+    return dst
+
+
+def test_bad_directories(torch_dir, tmp_path):
+    _, path = torch_dir
+    missing = _copy_dir(path, tmp_path / "missing", lambda sd: sd.pop("temporal_blocks.1.mlp.fc2.bias"))
+    with pytest.raises(CheckpointMismatchError, match=r"1 missing keys: temporal_blocks\.\{1\}\.mlp\.fc2\.bias"):
+        from_pretrained(missing)
+    bad = _copy_dir(path, tmp_path / "shape", lambda sd: sd.update({"spatial_blocks.0.attn.q_norm.weight":
+                                                                    np.ones(16, np.float32)}))
+    with pytest.raises(CheckpointMismatchError, match=r"spatial_blocks\.0\.attn\.q_norm\.weight: checkpoint "
+                                                      r"\(16,\) vs model \(8,\)"):
+        from_pretrained(bad)
+    extra = _copy_dir(path, tmp_path / "extra", lambda sd: sd.update({"pos_embed_temporal": np.ones(3, np.float32)}))
+    with pytest.raises(CheckpointMismatchError, match="1 unexpected keys: pos_embed_temporal"):
+        from_pretrained(extra)
+    model = nnx.eval_shape(lambda: STDiT3(stdit3_config(**{**TINY, "depth": 3}), rngs=nnx.Rngs(0)))
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys: spatial_blocks\.\{2\}"):
+        load_pretrained(model, path)  # a directory into a model of another depth
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingFileError, match="config.json: missing"):
+        from_pretrained(tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(InputError, match="model_type 't5'"):
+        from_pretrained(tmp_path / "other")
+
+
+def test_convert_cli_on_directories(torch_dir, tmp_path, capsys):
+    from vidjax.convert import main
+
+    torch_model, path = torch_dir
+    out = tmp_path / "converted"
+    assert main([str(path), "--out", str(out)]) == 0
+    assert "STDiT3" in capsys.readouterr().out
+    again = ref.STDiT3.from_pretrained(out).eval()  # loads strictly in PyTorch
+    d = inputs(seed=2)
+    assert rel_err(run_ref(again, d), run_ref(torch_model, d)) == 0.0
+    missing = _copy_dir(path, tmp_path / "missing", lambda sd: sd.pop("y_embedder.y_embedding"))
+    assert main([str(missing), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "y_embedder.y_embedding" in err and "missing" in err
+
+
+def test_convert_cli_one_line_error_in_a_subprocess(tmp_path):
+    import subprocess
+
+    (tmp_path / "m").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "vidjax.convert", str(tmp_path / "m"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "config.json" in proc.stderr
+
+
+# --------------------------------------------------------------------------------------
+# The v1.2 VAE directory (small spatial / temporal sizes: the published ones hold 400 MB)
+# --------------------------------------------------------------------------------------
+
+
+def test_vae_directory_roundtrip_and_errors(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from vidjax.interop import save_vae_pretrained, vae_from_pretrained
+    from vidjax.models.vae.convert import named_variables
+    from vidjax.models.vae.kl import AutoencoderKLConfig
+    from vidjax.models.vae.temporal import OpenSoraVAE, TemporalVAEConfig
+
+    spatial = AutoencoderKLConfig(block_out_channels=(16, 32), norm_num_groups=8, layers_per_block=1)
+    temporal = TemporalVAEConfig(filters=32, num_res_blocks=1, channel_multipliers=(1, 2, 2),
+                                 temporal_downsample=(True, True), spatial_downsample=(False, False))
+    vae = nnx.eval_shape(lambda: OpenSoraVAE(spatial, temporal, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(0)
+    for var in named_variables(vae).values():
+        var.set_value(jnp.asarray(rng.normal(size=var.get_value().shape).astype(np.float32)))
+    save_vae_pretrained(vae, tmp_path / "OpenSora-VAE-v1.2")
+    loaded, report = vae_from_pretrained(tmp_path / "OpenSora-VAE-v1.2", spatial=spatial, temporal=temporal)
+    ours, theirs = named_variables(vae), named_variables(loaded)
+    assert len(report.loaded) == len(ours) and all(np.array_equal(ours[p].get_value(), theirs[p].get_value())
+                                                   for p in ours)
+    sd = load_file(str(tmp_path / "OpenSora-VAE-v1.2" / "model.safetensors"))
+    assert sd["scale"].shape == (1, 4, 1, 1, 1)
+    sd.pop("temporal_vae.encoder.conv_in.conv.weight")
+    save_file(sd, str(tmp_path / "OpenSora-VAE-v1.2" / "model.safetensors"))
+    with pytest.raises(CheckpointMismatchError, match=r"1 missing keys: temporal_vae\.encoder\.conv_in\.conv\.weight"):
+        vae_from_pretrained(tmp_path / "OpenSora-VAE-v1.2", spatial=spatial, temporal=temporal)
+    with pytest.raises(CheckpointMismatchError, match="shape mismatches"):  # published sizes vs the tiny file
+        vae_from_pretrained(tmp_path / "OpenSora-VAE-v1.2")
