@@ -36,6 +36,18 @@ def cli(*args, module="vidjax.train", timeout=300, cwd=REPO):
                           text=True, timeout=timeout)
 
 
+def stored(workdir, step: int, names=("params", "ema", "opt")) -> dict:
+    """Items of a checkpoint, read as saved (no target structure)."""
+    import orbax.checkpoint as ocp
+
+    from vidjax.checkpoint import Checkpointer
+
+    ck = Checkpointer(workdir)
+    tree = ck.mngr.restore(step, args=ocp.args.Composite(**{n: ocp.args.StandardRestore() for n in names}))
+    ck.close()
+    return tree
+
+
 def metric_rows(workdir) -> list[dict]:
     return [json.loads(ln) for ln in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
@@ -230,13 +242,13 @@ def test_nonfinite_steps_are_skipped_and_stop_the_run(tmp_path):
     assert len(bad) == 3 and all(r["loss"] is None or not np.isfinite(r["loss"]) for r in bad)
     from vidjax.checkpoint import Checkpointer
 
-    ck = Checkpointer(tmp_path / "w")
-    for step in ck.all_steps():
-        tree = ck.mngr.restore(step)  # every item, untargeted
+    steps = Checkpointer(tmp_path / "w").all_steps()
+    assert len(steps) >= 2
+    for step in steps:
+        tree = stored(tmp_path / "w", step)
         for name in ("params", "ema", "opt"):
             assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree[name])
                        if np.issubdtype(np.asarray(x).dtype, np.floating)), (step, name)
-    ck.close()
 
 
 def test_guard_leaves_params_optimizer_and_ema_untouched():
@@ -290,11 +302,7 @@ def test_bf16_compute_and_grad_accum_train_finite(tmp_path):
                                   "train.ckpt_every": 3, "sample.num_prompts": 0})
     summary = run(c, tmp_path / "w")
     assert summary["nonfinite_steps"] == 0 and all(np.isfinite(v) for v in losses(tmp_path / "w").values())
-    from vidjax.checkpoint import Checkpointer
-
-    ck = Checkpointer(tmp_path / "w")
-    tree = ck.mngr.restore(3)
-    ck.close()
+    tree = stored(tmp_path / "w", 3)
     dtypes = {np.asarray(x).dtype for name in ("params", "ema") for x in jax.tree.leaves(tree[name])}
     assert dtypes == {np.dtype(np.float32)}
     opt_dtypes = {np.asarray(x).dtype for x in jax.tree.leaves(tree["opt"]) if np.asarray(x).ndim}
