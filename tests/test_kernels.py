@@ -386,13 +386,13 @@ def test_shapes_training_pallas_matches_xla(tmp_path):
     from _helpers import losses, quick
 
     from configs.shapes_tiny import get_config
-    from vidjax import train
+    from vidjax.training import run as train_run
 
     def run(impl):
         config = get_config("quick")
         config = quick(config, tmp_path, **{"model.attention_impl": impl, "train.steps": 20, "train.ckpt_every": 20,
                                             "train.log_every": 1, "sample.num_prompts": 0})
-        train.run(config, tmp_path / impl)
+        train_run(config, tmp_path / impl)
         return np.array([v for _, v in sorted(losses(tmp_path / impl).items())])
 
     loss_x, loss_p = run("xla"), run("pallas")

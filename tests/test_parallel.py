@@ -21,7 +21,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs.shapes_tiny import get_config
-from vidjax import train
 from vidjax.diffusion import build_diffusion
 from vidjax.models.t2v import build_model, trainable
 from vidjax.models.vae import build_vae
@@ -30,6 +29,8 @@ from vidjax.parallel import sharding as shd
 from vidjax.parallel.mesh import MeshError, make_mesh, parse_mesh
 from vidjax.parallel.rules import LOGICAL_AXIS_RULES, MESH_AXES
 from vidjax.tools import shardcheck
+from vidjax.training import diffusion as train
+from vidjax.training.state import ModelParts, make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)]  # (data, fsdp, sequence), tensor = 1
@@ -53,7 +54,7 @@ class Setup:
         self.vae = build_vae(config.vae)
         # abstract build (eager initialisers would compile dozens of tiny programs), then random values
         model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0), latent_channels=self.vae.latent_channels))
-        self.parts = train.ModelParts(model, trainable(model))
+        self.parts = ModelParts(model, trainable(model))
         rng = np.random.default_rng(0)
         self.parts.params, self.parts.rest = (
             jax.tree.map(lambda v: rng.normal(0, 0.1, v.shape).astype(v.dtype), tree)
@@ -297,7 +298,7 @@ def test_fsdp_shards_every_parameter_and_moment(stdit):
     assert len(per_device) == 8 and max(per_device.values()) <= total / 8 * 1.05, (total, per_device)
     qkv = params["dit"]["blocks"]["attn"]["qkv"]["kernel"]  # [layers, embed, heads]
     assert qkv.sharding.spec == P(None, "fsdp", None)
-    tx = train.make_optimizer(setup.config.train)
+    tx = make_optimizer(setup.config.train)
     opt = jax.jit(tx.init, out_shardings=shd.opt_shardings(tx, setup.parts.params, jax.tree.map(
         lambda x: x.sharding, params), mesh))(params)
     opt_total = sum(x.nbytes for x in jax.tree.leaves(opt))

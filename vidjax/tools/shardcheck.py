@@ -90,43 +90,44 @@ def analyze(config, mesh, *, step: str = "train", compiler_options: dict | None 
     import jax.numpy as jnp
     from flax import nnx
 
-    from vidjax import train
     from vidjax.diffusion import build_diffusion
     from vidjax.models.t2v import build_model, trainable
     from vidjax.models.vae import build_vae
     from vidjax.parallel import hlo
     from vidjax.parallel import sharding as shd
+    from vidjax.training import diffusion as denoiser
+    from vidjax.training.loop import jit_train_step
+    from vidjax.training.state import ModelParts, make_optimizer
 
     vae = build_vae(config.vae)
     model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(config.seed), latent_channels=vae.latent_channels))
-    parts = train.ModelParts(model, trainable(model))
-    tx = train.make_optimizer(config.train)
+    parts = ModelParts(model, trainable(model))
+    tx = make_optimizer(config.train)
     diffusion = build_diffusion(config.diffusion)
     d, B = config.data, config.train.batch_size
     shd.check_batch(B, mesh)
-    train.check_parallel(config, mesh, vae)
+    denoiser.check_parallel(config, mesh, vae)
     batch = {"video": jax.ShapeDtypeStruct((B, d.frames, d.height, d.width, 3), jnp.float32),
              "ids": jax.ShapeDtypeStruct((B, config.text.max_length), jnp.int32),
              "mask": jax.ShapeDtypeStruct((B, config.text.max_length), jnp.bool_)}
-    step_fn = train.make_train_step(parts, tx, diffusion, vae, config.train.ema_decay)
-    jitted, sh = train.shard_train_step(step_fn, parts, tx, mesh, {k: len(v.shape) for k, v in batch.items()},
-                                        config.seed)
+    state, sh = denoiser.initial_state(parts, tx, mesh)
+    b_sh = {k: shd.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
 
     def abstract(tree, shardings):
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
-    params = abstract(parts.params, sh["params"])
+    params, opt, batch = abstract(parts.params, sh["params"]), abstract(state["opt"], sh["opt"]), abstract(batch, b_sh)
     rest = abstract(parts.rest, sh["rest"])
-    opt = abstract(jax.eval_shape(tx.init, parts.params), sh["opt"])
-    batch = abstract(batch, sh["batch"])
     with jax.set_mesh(mesh):
         if step == "train":
-            lowered = jitted.lower(params, opt, params, rest, batch, 0)
+            jitted = jit_train_step(denoiser.make_train_step(parts, tx, diffusion, vae, config.train), sh,
+                                    {k: len(v.shape) for k, v in batch.items()}, mesh, config.seed)
+            lowered = jitted.lower({"params": params, "ema": params, "opt": opt, "rest": rest}, batch, 0)
         elif step == "grad":
-            loss_fn = train.make_loss_fn(parts, diffusion, vae)
+            loss_fn = denoiser.make_loss_fn(parts, diffusion, vae)
             rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
             grad = jax.jit(lambda p, r, b: jax.value_and_grad(loss_fn, has_aux=True)(p, b, jax.random.key(0), r),
-                           in_shardings=(sh["params"], sh["rest"], sh["batch"]),
+                           in_shardings=(sh["params"], sh["rest"], b_sh),
                            out_shardings=((rep, rep), sh["params"]))
             lowered = grad.lower(params, rest, batch)
         else:

@@ -95,6 +95,51 @@ def stage0_config(config) -> ml_collections.ConfigDict | None:
     return vae_config
 
 
+def make_loss_fn(parts: ModelParts, diffusion, vae):
+    """(params, batch, rng, rest=None) -> (loss, metrics): the objective of one batch; ``batch`` holds ``latent``
+    (precomputed) or ``video`` (encoded here by the frozen VAE), and ``ids`` or ``y`` with ``mask``."""
+
+    def loss_fn(params, batch, rng, rest=None):
+        net = parts.merge(params, rest)
+        x0 = batch["latent"] if "latent" in batch else vae.encode(batch["video"])
+        cond = {k: batch[k] for k in ("ids", "y", "mask") if k in batch}
+        return diffusion.loss(lambda x, t, c, drop: net(x, t, c, drop), x0, cond, rng)
+
+    return loss_fn
+
+
+def make_train_step(parts: ModelParts, tx, diffusion, vae, train_config):
+    """(state, batch, rng) -> (state, metrics): the denoiser's optimizer step (``state.update``: accumulation
+    over ``train.grad_accum`` micro-batches, clipped AdamW, EMA, the non-finite guard); pure, for jax.jit."""
+    loss_fn = make_loss_fn(parts, diffusion, vae)
+    micro = int(train_config.get("grad_accum", 1))
+
+    def step(state, batch, rng):
+        def objective(params, b, r):
+            loss, metrics = loss_fn(params, b, r, state["rest"])
+            return loss, (metrics, None)
+
+        new, metrics, _ = update(state, objective, batch, rng, tx, ema_decay=train_config.ema_decay,
+                                 micro_batches=micro)
+        return new, metrics
+
+    return step
+
+
+def initial_state(parts: ModelParts, tx, mesh) -> tuple[dict, dict]:
+    """(state, shardings): parameters, a copy as the EMA, fresh optimizer state, and the frozen rest, with their
+    placements on ``mesh``. Abstract parameters (``nnx.eval_shape``) give an abstract state (shardcheck)."""
+    p_sh, r_sh = parts.shardings(mesh)
+    abstract = isinstance(jax.tree.leaves(parts.params)[0], jax.ShapeDtypeStruct)
+    if abstract:
+        ema, opt = parts.params, jax.eval_shape(tx.init, parts.params)
+    else:
+        ema, opt = jax.tree.map(jnp.copy, parts.params), tx.init(parts.params)
+    state = {"params": parts.params, "ema": ema, "opt": opt, "rest": parts.rest}
+    shardings = {"params": p_sh, "ema": p_sh, "opt": shd.opt_shardings(tx, parts.params, p_sh, mesh), "rest": r_sh}
+    return state, shardings
+
+
 def _absolute_paths(config) -> None:
     """Store the paths a checkpoint refers to as absolute, so that sample / export work from any folder."""
     with config.unlocked():
@@ -184,25 +229,8 @@ class DiffusionTask:
         self.diffusion = diffusion = build_diffusion(config.diffusion)
         tx = make_optimizer(t)
         self.parts = parts = ModelParts(model, trainable(model))
-        p_sh, r_sh = parts.shardings(mesh)
-        state = {"params": parts.params, "ema": jax.tree.map(jnp.copy, parts.params), "opt": tx.init(parts.params), "rest": parts.rest}
-        shardings = {"params": p_sh, "ema": p_sh, "opt": shd.opt_shardings(tx, parts.params, p_sh, mesh),
-                     "rest": r_sh}
-
-        def loss_fn(params, batch, rng, rest):
-            net = parts.merge(params, rest)
-            x0 = batch["latent"] if "latent" in batch else vae.encode(batch["video"])  # precomputed, or now
-            cond = {k: batch[k] for k in ("ids", "y", "mask") if k in batch}
-            loss, metrics = diffusion.loss(lambda x, tt, c, drop: net(x, tt, c, drop), x0, cond, rng)
-            return loss, (metrics, None)
-
-        micro = int(t.get("grad_accum", 1))
-
-        def step(state, batch, rng):
-            new, metrics, _ = update(state, lambda p, b, r: loss_fn(p, b, r, state["rest"]), batch, rng, tx,
-                                     ema_decay=t.ema_decay, micro_batches=micro)
-            return new, metrics
-
+        state, shardings = initial_state(parts, tx, mesh)
+        step = make_train_step(parts, tx, diffusion, vae, t)
         latent = vae.latent_shape(d.frames, d.height, d.width)
         ndims = {source.key: 5, **{k: 3 if k == "y" else 2 for k in text.keys}}
         n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(parts.params))
@@ -284,4 +312,5 @@ def _vae_stage(s: dict) -> dict:
     return {k: s[k] for k in ("steps", "psnr", "ssim", "total_minutes", "train_minutes") if k in s}
 
 
-__all__ = ["DiffusionTask", "check_config", "check_parallel", "stage0_config"]
+__all__ = ["DiffusionTask", "check_config", "check_parallel", "initial_state", "make_loss_fn", "make_train_step",
+           "stage0_config"]

@@ -219,6 +219,20 @@ def check_same_model(stored: dict, config, sections: tuple[str, ...], where: str
 # --------------------------------------------------------------------------------------
 
 
+def jit_train_step(step: Callable, shardings: dict, batch_ndims: dict[str, int], mesh, seed: int):
+    """The step as the loop runs it: ``(state, batch, step_index) -> (state, metrics)``, jitted on ``mesh`` with
+    the state's shardings (donated), the batch over ``data × fsdp``, and the rng ``fold_in(key(seed), step)``
+    computed inside (no host-side key to place)."""
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    b_sh = {k: shd.batch_sharding(mesh, n) for k, n in batch_ndims.items()}
+
+    def step_on_mesh(state, batch, index):
+        return step(state, batch, jax.random.fold_in(jax.random.key(seed), index))
+
+    return jax.jit(step_on_mesh, in_shardings=(shardings, b_sh, rep), out_shardings=(shardings, rep),
+                   donate_argnums=(0,))
+
+
 def _finished_summary(workdir: Path, steps: int) -> dict | None:
     """The summary of a run that already finished ``steps`` steps (None otherwise)."""
     path = workdir / "summary.json"
@@ -305,14 +319,7 @@ def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
         mx.truncate_after(metrics_path, start)
         mx.truncate_after(curve_path, start)
 
-    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    b_sh = {k: shd.batch_sharding(mesh, n) for k, n in setup.batch_ndims.items()}
-
-    def step_on_mesh(state, batch, step):
-        return setup.step(state, batch, jax.random.fold_in(jax.random.key(seed), step))
-
-    jit_step = jax.jit(step_on_mesh, in_shardings=(setup.shardings, b_sh, rep), out_shardings=(setup.shardings, rep),
-                       donate_argnums=(0,))
+    jit_step = jit_train_step(setup.step, setup.shardings, setup.batch_ndims, mesh, seed)
     peak, peak_source = mx.peak_flops_per_device() if setup.flops_per_sample else (0.0, "")
     if peak:
         log.info("MFU against %.3g FLOP/s per device (%s) × %d devices", peak, peak_source, mesh.size)
