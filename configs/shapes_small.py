@@ -20,7 +20,7 @@ def _sibling(name: str):
 
 def get_config(arg: str | None = None) -> ConfigDict:
     c = _sibling("shapes_tiny").get_config(arg)
-    c.name = "shapes_small"
+    c.name = c.name.replace("shapes_tiny", "shapes_small", 1)  # a variant keeps its suffix: its own workdir
     c.model.update(depth=6, hidden=192, heads=6)
     c.train.update(steps=12000, batch_size=16, lr=7e-4, warmup=200, ema_decay=0.998, ckpt_every=500)
     c.sample.eval_every = 2000

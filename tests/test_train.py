@@ -127,6 +127,8 @@ def test_config_variants_combine():
     assert get_config("iddpm").vae.type == "checkpoint"
     with pytest.raises(ValueError, match="unknown variant"):
         get_config("pixel")
+    small = {v: load_config(f"{REPO / 'configs/shapes_small.py'}{v}").name for v in ("", ":iddpm", ":pixels")}
+    assert len(set(small.values())) == 3, small  # every variant has its own workdir
 
 
 def _train_args(c, work, steps=8, ckpt_every=2):
