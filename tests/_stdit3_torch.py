@@ -327,7 +327,7 @@ class STDiT3(nn.Module):
         return y, y_lens
 
     def forward(self, x, timestep, y, mask=None, x_mask=None, fps=None, height=None, width=None,
-                force_drop_ids=None):
+                force_drop_ids=None, **kwargs):
         dtype = self.x_embedder.proj.weight.dtype
         B = x.size(0)
         x, timestep, y = x.to(dtype), timestep.to(dtype), y.to(dtype)

@@ -504,3 +504,97 @@ def test_rflow_x0_loss_weight_is_clean_data_mse():
     np.testing.assert_allclose(np.asarray(weighted), np.asarray(plain) * s**2, rtol=1e-5)
     with pytest.raises(ValueError, match="loss_weight"):
         RectifiedFlow(loss_weight="snr")
+
+
+# ---------------------------------------------------------------- Open-Sora v1.2's rflow, exactly
+
+V12_SIZES = [(240, 426, 51), (720, 1280, 102), (480, 854, 204), (144, 256, 1), (360, 640, 408), (166, 221, 34)]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_v12_shift_and_sampler_timesteps_equal_open_sora(dtype):
+    """Shift and the 30 sampling timesteps against a transcription of v1.2's scheduler run in torch."""
+    torch = pytest.importorskip("torch")
+    ref = pytest.importorskip("_stdit3_torch")
+    from vidjax.diffusion.rectified_flow import RFlowV12, v12_shift
+
+    rf = RFlowV12(num_sampling_steps=30, shift_dtype=dtype)
+    tdtype = getattr(torch, dtype)
+    for h, w, f in V12_SIZES:
+        kw = ref.model_kwargs(2, h, w, f, 24, tdtype)
+        res = kw["height"] * kw["width"]
+        nf = torch.ones_like(kw["num_frames"]) if f == 1 else kw["num_frames"] // 17 * 5
+        expected_ratio = float(((res / (512 * 512)).sqrt() * nf.sqrt())[0])
+        assert v12_shift(h, w, f, dtype=dtype)[0] == expected_ratio, (h, w, f)
+        expected = torch.stack(ref.rflow_timesteps(30, 2, kw))[:, 0].numpy()
+        assert expected.dtype == np.float32
+        np.testing.assert_array_equal(rf.timesteps(h, w, f), expected, err_msg=f"{(h, w, f)}")
+    with pytest.raises(ValueError, match="num_frames=15"):  # v1.2 would divide by zero
+        rf.timesteps(240, 426, 15)
+    # the documented example: bf16 inputs round the shift of 240×426 at 51 frames
+    assert v12_shift(240, 426, 51, dtype=dtype)[0] == pytest.approx(2.421875 if dtype == "bfloat16" else 2.41872,
+                                                                     abs=1e-5)
+
+
+def test_v12_training_timesteps_are_transformed_like_open_sora():
+    torch = pytest.importorskip("torch")
+    ref = pytest.importorskip("_stdit3_torch")
+    from vidjax.diffusion.rectified_flow import RFlowV12
+
+    t = np.linspace(0, 1000, 17).astype(np.float32)
+    kw = ref.model_kwargs(17, 480, 854, 102, 24, torch.bfloat16)
+    expected = ref.timestep_transform(torch.from_numpy(t), kw, num_timesteps=1000).numpy()
+    np.testing.assert_allclose(np.asarray(RFlowV12().transform(jnp.asarray(t), 480, 854, 102)), expected, rtol=1e-6)
+
+
+def test_v12_frame_masks_follow_mask_ratios():
+    from vidjax.diffusion.rectified_flow import v12_frame_masks
+
+    T = 12
+    m = np.asarray(v12_frame_masks(jax.random.key(0), 2000, T, {"image_head": 0.5, "quarter_tail": 0.3}))
+    clean = ~m
+    head = clean[:, 0] & (clean.sum(1) == 1)
+    tail = np.array([r.sum() in (1, 2, 3) and r[T - r.sum():].all() and not r[0] for r in clean])
+    none = clean.sum(1) == 0
+    assert (head | tail | none).all()  # nothing else is drawn
+    assert abs(head.mean() - 0.5) < 0.04 and abs(tail.mean() - 0.3) < 0.04 and abs(none.mean() - 0.2) < 0.04
+    assert set(clean[tail].sum(1)) == {1, 2, 3}  # 1 .. T // 4 tail frames
+    # v1.2's stage-1 ratios: 80% of clips keep every frame noised; "random" never cleans every frame
+    stage1 = {"random": 0.05, "intepolate": 0.005, "quarter_random": 0.005, "quarter_head": 0.005,
+              "quarter_tail": 0.005, "quarter_head_tail": 0.005, "image_random": 0.025, "image_head": 0.05,
+              "image_tail": 0.025, "image_head_tail": 0.025}
+    m = np.asarray(v12_frame_masks(jax.random.key(1), 4000, T, stage1))
+    assert abs(m.all(1).mean() - 0.8) < 0.03 and m.any(1).all()
+    only_random = np.asarray(v12_frame_masks(jax.random.key(2), 500, 5, {"random": 1.0}))
+    assert only_random.any(1).all() and (~only_random).any()
+    assert np.asarray(v12_frame_masks(jax.random.key(3), 4, 1, {"image_head": 1.0})).all()  # one frame: no clean
+    with pytest.raises(ValueError, match="unknown mask types"):
+        v12_frame_masks(jax.random.key(0), 2, T, {"interpolate": 0.1})
+    with pytest.raises(ValueError, match="sum to"):
+        v12_frame_masks(jax.random.key(0), 2, T, {"random": 0.7, "image_head": 0.6})
+
+
+def test_v12_loss_holds_clean_frames_and_passes_x_mask():
+    from vidjax.diffusion.guidance import normal
+    from vidjax.diffusion.rectified_flow import RFlowV12
+
+    rf = RFlowV12(mask_ratios={"quarter_head": 1.0}, caption_dropout=0.0)
+    seen = {}
+
+    def model_fn(x_t, t, cond, drop):
+        seen.update(x_t=np.asarray(x_t), t=np.asarray(t), x_mask=np.asarray(cond["x_mask"]))
+        return 0.5 * x_t
+
+    rng = np.random.default_rng(0)
+    x0 = jnp.asarray(rng.normal(size=(3, 8, 4, 4, 4)), jnp.float32)
+    key = jax.random.key(4)
+    loss, _ = rf.loss(model_fn, x0, {}, key, height=240, width=426, num_frames=51)
+    xm, x_t, t = seen["x_mask"], seen["x_t"], seen["t"]
+    assert (~xm[:, 0]).all() and xm[:, 2:].all()  # quarter_head: 1..2 clean head frames of 8
+    np.testing.assert_array_equal(x_t[~xm], np.asarray(x0)[~xm])  # clean frames are x0, exactly
+    noise = np.asarray(normal(jax.random.split(key, 4)[1], x0.shape))
+    s = (t / 1000)[:, None, None, None, None]
+    np.testing.assert_allclose(x_t[xm], ((1 - s) * np.asarray(x0) + s * noise)[xm], atol=1e-5)
+    err = (0.5 * x_t - (np.asarray(x0) - noise)) ** 2
+    per = np.array([err[b][xm[b]].mean() for b in range(3)])  # v1.2 mean_flat(mask=...)
+    np.testing.assert_allclose(float(loss), per.mean(), rtol=1e-5)
