@@ -464,3 +464,26 @@ def test_training_package_import_graph_is_acyclic():
     for m in sorted(graph):
         if m not in state:
             visit(m, [])
+
+
+def test_export_sample_and_evaluate_work_from_any_folder(tmp_path):
+    """A run started in folder a/ with a relative VAE path (stage 0 trains it there) is exported, sampled and
+    evaluated from folder b/: the checkpoint stores absolute paths."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    r = cli("--config", f"{REPO / 'configs/shapes_tiny.py'}:quick", "--workdir=work", "--config.data.root=data",
+            "--config.train.steps=2", "--config.train.ckpt_every=2", "--config.progress=false",
+            "--config.vae.type=checkpoint", "--config.vae.path=vae_here",
+            f"--config.vae.train_config={REPO / 'configs/vae_shapes.py'}:quick", "--config.model.patch=(1, 1, 1)",
+            cwd=a)
+    assert r.returncode == 0, r.stderr[-3000:]
+    work = a / "work"
+    r = cli("--workdir", str(work), "--ema", "--out", "m.safetensors", module="vidjax.export", cwd=b)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (b / "m.safetensors").stat().st_size > 0
+    r = cli("--workdir", str(work), "--prompt", "a red circle moving left", "--out", "s.mp4", "--steps", "2",
+            module="vidjax.sample", cwd=b)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = cli("--workdir", str(work), "--num_prompts", "4", module="vidjax.evaluate", cwd=b)
+    assert r.returncode == 0, r.stderr[-2000:]
