@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 from vidjax import cli
 from vidjax.config import add_config_arguments, parse_config_args
@@ -31,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     from vidjax.parallel import distributed
     from vidjax.training import run
 
-    distributed.initialize(config)  # before any JAX computation
+    if distributed.initialize(config):  # before any JAX computation
+        import jax
+
+        print(f"process {jax.process_index()} of {jax.process_count()}, {jax.local_device_count()} local / "
+              f"{jax.device_count()} global devices", file=sys.stderr)
     summary = run(config, args.workdir or f"runs/{config.get('name', 'run')}")
     if distributed.is_primary():
         print(json.dumps(summary))
