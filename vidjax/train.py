@@ -19,8 +19,10 @@ import sys
 
 from vidjax import cli
 from vidjax.config import add_config_arguments, parse_config_args
+from vidjax.training import run  # the Python API: vidjax.train.run(config, workdir) -> summary
 
 DEFAULT_CONFIG = "configs/shapes_tiny.py"
+__all__ = ["main", "run"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     args, config = parse_config_args(parser, argv)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax is chatty at INFO
     from vidjax.parallel import distributed
-    from vidjax.training import run
 
     if distributed.initialize(config):  # before any JAX computation
         import jax
