@@ -484,8 +484,8 @@ def test_opensora_v1_2_sample_config_has_v12_defaults():
     assert (c.condition_frame_length, c.align, c.aes, c.flow, c.multi_resolution) == (5, 5, 6.5, None, "STDiT2")
     assert c.model["type"] == "STDiT3-XL/2" and c.model["from_pretrained"] == "hpcai-tech/OpenSora-STDiT-v3"
     assert c.vae["micro_frame_size"] == 17 and c.text_encoder["model_max_length"] == 300
-    assert c.scheduler == {"type": "rflow", "use_timestep_transform": True, "num_sampling_steps": 30, "cfg_scale": 7.0}
+    assert c.scheduler.to_dict() == {"type": "rflow", "use_timestep_transform": True, "num_sampling_steps": 30, "cfg_scale": 7.0}
     assert c.image_size == (240, 426) and c.latent_size == (15, 30, 53)
-    rf = RFlowV12(**c.rflow)
+    rf = RFlowV12(**c.rflow.to_dict())
     assert len(rf.timesteps(*c.image_size, c.num_frames)) == 30
     assert load_config(f"{file}:720p").image_size == (720, 1280)
