@@ -104,7 +104,7 @@ def test_loader_batches_and_resumes_exactly(shapes_root):
     tok = HashTokenizer(64, 8)
 
     def ds():
-        return make_dataset(VideoSource(good, clips), make_transform(8, 32, 32, tok), batch_size=4, seed=0)
+        return make_dataset(VideoSource(good, clips), make_transform(8, 32, 32, lambda texts: dict(zip(("ids", "mask"), tok(texts)))), batch_size=4, seed=0)
 
     it = iter(ds())
     b0 = next(it)
