@@ -78,6 +78,7 @@ def test_run_writes_everything(full_run):
     rows = metric_rows(work)
     assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in rows)
     assert summary["tokens_per_s"] > 0 and 0 < summary["mfu"] < 1
+    assert summary["step_compilations"] == 1  # one batch shape, one compile
 
 
 def test_rerunning_a_finished_run_keeps_its_summary(full_run):

@@ -219,14 +219,18 @@ def check_same_model(stored: dict, config, sections: tuple[str, ...], where: str
 # --------------------------------------------------------------------------------------
 
 
-def jit_train_step(step: Callable, shardings: dict, batch_ndims: dict[str, int], mesh, seed: int):
+def jit_train_step(step: Callable, shardings: dict, batch_ndims: dict[str, int], mesh, seed: int,
+                   traces: list | None = None):
     """The step as the loop runs it: ``(state, batch, step_index) -> (state, metrics)``, jitted on ``mesh`` with
     the state's shardings (donated), the batch over ``data × fsdp``, and the rng ``fold_in(key(seed), step)``
-    computed inside (no host-side key to place)."""
+    computed inside (no host-side key to place). Each trace (one per new batch shape) appends the batch's shapes
+    to ``traces``."""
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     b_sh = {k: shd.batch_sharding(mesh, n) for k, n in batch_ndims.items()}
 
     def step_on_mesh(state, batch, index):
+        if traces is not None:
+            traces.append({k: tuple(v.shape) for k, v in batch.items()})
         return step(state, batch, jax.random.fold_in(jax.random.key(seed), index))
 
     return jax.jit(step_on_mesh, in_shardings=(shardings, b_sh, rep), out_shardings=(shardings, rep),
@@ -264,6 +268,9 @@ def fit(task: Task, config, workdir: str | Path) -> dict:
                   file=sys.stderr)
         return done_before
     t_start = time.time()
+    cache = t.get("compilation_cache", "")
+    if cache:  # JAX's persistent compilation cache: a rerun (or a new bucket seen before) skips XLA compiles
+        jax.config.update("jax_compilation_cache_dir", str(Path(cache).expanduser().absolute()))
     mesh = make_mesh(config)
     with Preemption() as stop:
         run = Run(config, workdir, mesh, primary, bool(config.progress) and primary, stop)
@@ -319,7 +326,8 @@ def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
         mx.truncate_after(metrics_path, start)
         mx.truncate_after(curve_path, start)
 
-    jit_step = jit_train_step(setup.step, setup.shardings, setup.batch_ndims, mesh, seed)
+    traces: list[dict] = []
+    jit_step = jit_train_step(setup.step, setup.shardings, setup.batch_ndims, mesh, seed, traces)
     peak, peak_source = mx.peak_flops_per_device() if setup.flops_per_sample else (0.0, "")
     if peak:
         log.info("MFU against %.3g FLOP/s per device (%s) × %d devices", peak, peak_source, mesh.size)
@@ -387,8 +395,9 @@ def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
         bar.close()
         ckpt.close()
     minutes = train_seconds() / 60
+    log.info("the step was compiled %d time(s): %s", len(traces), traces)
     summary.update(steps=t.steps, resumed_from=start, train_minutes=round(minutes, 2),
-                   params_M=round(setup.params / 1e6, 3), nonfinite_steps=skipped,
+                   params_M=round(setup.params / 1e6, 3), nonfinite_steps=skipped, step_compilations=len(traces),
                    **{k: round(v, 4) for k, v in throughput.items()})
     if stopped:
         summary["stopped_at"] = done
