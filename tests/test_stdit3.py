@@ -117,6 +117,18 @@ def test_padding_of_sizes_not_divisible_by_the_patch(torch_dir):
     assert rel_err(out, run_ref(torch_model, d)) <= 1e-4
 
 
+def test_pallas_attention_matches_xla(torch_dir):
+    """The Pallas kernels (interpret mode on CPU) in every STDiT3 attention: spatial, temporal with RoPE, cross."""
+    _, path = torch_dir
+    d = inputs(seed=4)
+    xla, _ = from_pretrained(path)
+    pallas, _ = from_pretrained(path, attention_impl="pallas")
+    assert pallas.spatial_blocks.attn.impl == "pallas" and pallas.temporal_blocks.cross_attn.impl == "pallas"
+    err = rel_err(run_ours(pallas, d), run_ours(xla, d))
+    print(f"STDiT3 pallas vs xla attention: rel err {err:.1e}")
+    assert err <= 1e-5
+
+
 def host_random(cfg: STDiT3Config, seed: int) -> STDiT3:
     """An STDiT3 with random non-zero weights filled from numpy (no eager jax init)."""
     model = nnx.eval_shape(lambda: STDiT3(cfg, rngs=nnx.Rngs(0)))
@@ -439,17 +451,18 @@ def test_sharded_train_step_on_8_devices_equals_one_device(devices):
 
 @pytest.mark.slow
 def test_xl2_sharded_train_step_compiles_on_8_cpu_devices(devices):
-    """STDiT3-XL/2 (abstract, nothing allocated): v1.2's train step at 240×426, 51 frames (15×30×53 latents),
-    compiled on data=2 × fsdp=2 × sequence=2. The fast test above runs the same code on a tiny model."""
+    """STDiT3-XL/2 (abstract, nothing allocated), gradient checkpointing on as in v1.2's training configs: the train
+    step at 240×426 pixels, 51 frames, on latents of 16×30×54 (v1.2's are 15×30×53: the frame count is rounded up to a
+    multiple of sequence = 2, the width to the patch), compiled on data=2 × fsdp=2 × sequence=2 (about 30 s).
+    The fast tests above run the same code on a tiny model."""
     import time
 
     from vidjax.parallel.mesh import make_mesh
 
     if len(devices) < 8:
         pytest.skip("needs 8 (fake CPU) devices")
-    abstract = nnx.eval_shape(lambda: STDiT3(stdit3_config("STDiT3-XL/2"), rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: STDiT3(stdit3_config("STDiT3-XL/2", remat="full"), rngs=nnx.Rngs(0)))
     mesh = make_mesh(devices=devices[:8], data=2, fsdp=2, sequence=2)
-    # 16 latent frames (a multiple of sequence = 2; v1.2's 51-frame bucket has 15)
     step, sh, (_, params, rest, tx) = sharded_train_step(abstract, mesh, (240, 426, 51))
     b = 4
 
@@ -468,7 +481,8 @@ def test_xl2_sharded_train_step_compiles_on_8_cpu_devices(devices):
     mem = compiled.memory_analysis()
     print(f"STDiT3-XL/2 sharded train step: compiled in {time.perf_counter() - start:.0f} s; per device: arguments "
           f"{mem.argument_size_in_bytes / 2**30:.2f} GiB, temporaries {mem.temp_size_in_bytes / 2**30:.2f} GiB")
-    assert mem.argument_size_in_bytes < 0.3 * 4 * 1_207_643_936 * 3  # params + 2 Adam moments split ~4 ways
+    # parameters and two Adam moments in float32, ZeRO-3 over fsdp = 2 (replicated over data), plus the batch
+    assert 0.45 < mem.argument_size_in_bytes / (3 * 4 * XL2_PARAMS) < 0.55
 
 
 def test_opensora_v1_2_sample_config_has_v12_defaults():
@@ -484,7 +498,8 @@ def test_opensora_v1_2_sample_config_has_v12_defaults():
     assert (c.condition_frame_length, c.align, c.aes, c.flow, c.multi_resolution) == (5, 5, 6.5, None, "STDiT2")
     assert c.model["type"] == "STDiT3-XL/2" and c.model["from_pretrained"] == "hpcai-tech/OpenSora-STDiT-v3"
     assert c.vae["micro_frame_size"] == 17 and c.text_encoder["model_max_length"] == 300
-    assert c.scheduler.to_dict() == {"type": "rflow", "use_timestep_transform": True, "num_sampling_steps": 30, "cfg_scale": 7.0}
+    assert c.scheduler.to_dict() == {"type": "rflow", "use_timestep_transform": True, "num_sampling_steps": 30,
+                                     "cfg_scale": 7.0}
     assert c.image_size == (240, 426) and c.latent_size == (15, 30, 53)
     rf = RFlowV12(**c.rflow.to_dict())
     assert len(rf.timesteps(*c.image_size, c.num_frames)) == 30
