@@ -266,6 +266,10 @@ def load_pretrained_dir(model, path: str | Path) -> ImportReport:
         if not isinstance(model, STDiT3):
             raise InputError(f"{path}: an STDiT3 directory; the model is a {type(model).__name__}")
         return load_stdit3_dir(model, path)
+    from vidjax.models.vae.temporal import OpenSoraVAE
+
+    if not isinstance(model, OpenSoraVAE):
+        raise InputError(f"{path}: an OpenSora-VAE-v1.2 directory; the model is a {type(model).__name__}")
     return load_vae_dir(model, path)
 
 

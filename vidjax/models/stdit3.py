@@ -172,9 +172,19 @@ def stdit3_config(size: str | None = None, **overrides) -> STDiT3Config:
     return STDiT3Config(**base)
 
 
+# keys transformers' PretrainedConfig may write into a config.json besides the model's own fields
+HF_CONFIG_KEYS = frozenset({
+    "architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path", "auto_map",
+    "_commit_hash", "_attn_implementation_autoset", "return_dict", "output_hidden_states", "output_attentions",
+    "torchscript", "use_bfloat16", "tf_legacy_loss", "pruned_heads", "tie_word_embeddings", "chunk_size_feed_forward",
+    "is_encoder_decoder", "is_decoder", "cross_attention_hidden_size", "add_cross_attention", "tie_encoder_decoder",
+    "id2label", "label2id", "problem_type", "tokenizer_class", "prefix", "bos_token_id", "pad_token_id",
+    "eos_token_id", "sep_token_id", "decoder_start_token_id", "task_specific_params", "finetuning_task"})
+
+
 def config_from_opensora(fields: dict[str, Any], *, source: str = "config", **vidjax_fields) -> STDiT3Config:
     """An ``STDiT3Config`` from a v1.2 ``config.json`` dict; HF metadata keys are ignored, unknown keys rejected."""
-    hf_meta = {"architectures", "model_type", "torch_dtype", "transformers_version", "_name_or_path", "auto_map"}
+    hf_meta = HF_CONFIG_KEYS
     unknown = sorted(k for k in fields if k not in OPENSORA_FIELDS and k not in hf_meta and k not in VIDJAX_FIELDS)
     if unknown:
         raise ConfigError(f"{source}: unknown STDiT3Config fields {unknown}; expected some of {list(OPENSORA_FIELDS)}")
