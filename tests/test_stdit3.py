@@ -491,6 +491,54 @@ def test_xl2_sharded_train_step_compiles_on_8_cpu_devices(devices):
     assert 0.45 < mem.argument_size_in_bytes / (3 * 4 * XL2_PARAMS) < 0.55
 
 
+@pytest.mark.slow
+def test_xl2_sharded_sample_step_compiles_on_8_cpu_devices(devices):
+    """v1.2's 30-step guided sampler around STDiT3-XL/2 (abstract) with condition frames, 240×426 at 51 frames
+    (latents 16×30×54, see above), compiled on data=2 × fsdp=2 × sequence=2 in bf16."""
+    import time
+
+    from vidjax.diffusion.rectified_flow import RFlowV12
+    from vidjax.parallel import sharding as shd
+    from vidjax.parallel.mesh import make_mesh
+    from vidjax.training.state import ModelParts
+
+    if len(devices) < 8:
+        pytest.skip("needs 8 (fake CPU) devices")
+    abstract = nnx.eval_shape(lambda: STDiT3(stdit3_config("STDiT3-XL/2", dtype="bfloat16"), rngs=nnx.Rngs(0)))
+    mesh = make_mesh(devices=devices[:8], data=2, fsdp=2, sequence=2)
+    parts = ModelParts(abstract)
+    p_sh, r_sh = parts.shardings(mesh)
+    rf = RFlowV12()
+    b = 4
+
+    def sample(params, rest, z, y, mask, frames, key):
+        def model_fn(x, t, cond, drop):
+            model = parts.merge(jax.tree.map(lambda v: v, params), rest)
+            return model(x, t, cond["y"], cond["mask"], cond["x_mask"], cond["fps"], height=240, width=426, drop=drop)
+
+        cond = dict(y=y, mask=mask, fps=jnp.full((b,), 24.0))
+        return rf.sample(model_fn, z, cond, key, height=240, width=426, num_frames=51, mask=frames)
+
+    def spec(shape, dtype, sharding):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    args = (jax.tree.map(lambda p, s_: spec(p.shape, p.dtype, s_), parts.params, p_sh),
+            jax.tree.map(lambda p, s_: spec(p.shape, p.dtype, s_), parts.rest, r_sh),
+            spec((b, 16, 30, 54, 4), jnp.float32, shd.batch_sharding(mesh, 5)),
+            spec((b, 300, 4096), jnp.float32, shd.batch_sharding(mesh, 3)),
+            spec((b, 300), jnp.bool_, shd.batch_sharding(mesh, 2)),
+            spec((b, 16), jnp.float32, shd.batch_sharding(mesh, 2)),
+            jax.random.key(0))
+    start = time.perf_counter()
+    with jax.set_mesh(mesh):
+        compiled = jax.jit(sample).lower(*args).compile({"xla_backend_optimization_level": 0})
+    mem = compiled.memory_analysis()
+    print(f"STDiT3-XL/2 sharded 30-step sampler: compiled in {time.perf_counter() - start:.0f} s; per device: "
+          f"arguments {mem.argument_size_in_bytes / 2**30:.2f} GiB, "
+          f"temporaries {mem.temp_size_in_bytes / 2**30:.2f} GiB")
+    assert 0.45 < mem.argument_size_in_bytes / (4 * XL2_PARAMS) < 0.6  # float32 parameters, ZeRO-3 over fsdp = 2
+
+
 def test_opensora_v1_2_sample_config_has_v12_defaults():
     from pathlib import Path
 
