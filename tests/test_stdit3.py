@@ -558,3 +558,21 @@ def test_opensora_v1_2_sample_config_has_v12_defaults():
     rf = RFlowV12(**c.rflow.to_dict())
     assert len(rf.timesteps(*c.image_size, c.num_frames)) == 30
     assert load_config(f"{file}:720p").image_size == (720, 1280)
+
+
+def test_convert_cli_from_a_checkpoint_file_to_a_bf16_directory(torch_dir, tmp_path, capsys):
+    """A v1.2 training checkpoint (a state_dict file) with --model STDiT3-XL/2 and size overrides."""
+    from vidjax.convert import main
+
+    torch_model, path = torch_dir
+    sets = [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
+    out = tmp_path / "bf16"
+    assert main([str(path / "model.safetensors"), "--model", "STDiT3-XL/2", *sets, "--dtype", "bfloat16",
+                 "--out", str(out)]) == 0
+    assert "bfloat16" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    again = ref.STDiT3.from_pretrained(out).eval()  # bf16 tensors, strict
+    d = inputs(seed=6)
+    assert 1e-6 < rel_err(run_ref(again, d), run_ref(torch_model, d)) < 3e-2  # bf16 rounding of the weights
+    assert main([str(path / "model.safetensors"), "--model", "STDiT3-XL/2", "--out", str(tmp_path / "x")]) == 2
+    assert "shape mismatches" in capsys.readouterr().err  # XL/2 sizes against the tiny file

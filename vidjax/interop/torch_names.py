@@ -278,15 +278,15 @@ def check_state_dict(model: STDiT, state_dict: Mapping[str, np.ndarray], *,
     every missing key, unexpected key and shape mismatch.
     """
     sd = {k: np.asarray(v) for k, v in state_dict.items()}
+    rope_mismatch = []
     if isinstance(model, STDiT3):  # v1.2: strict, no PixArt rules; rope.freqs is checked, then recomputed
         dropped, allow_missing = [], False
         if "rope.freqs" in sd:
             ours, theirs = rope_freqs(model), sd.pop("rope.freqs")
-            if theirs.shape != ours.shape or not np.allclose(theirs.astype(np.float32), ours, rtol=1e-2):
-                raise CheckpointMismatchError(f"checkpoint does not match {_describe(model)}: rope.freqs "
-                                              f"{tuple(theirs.shape)} differs from the rotary frequencies of "
-                                              f"head size {model.cfg.hidden_size // model.cfg.num_heads} "
-                                              f"(theta 1e4), {ours.shape}")
+            if theirs.shape != ours.shape:
+                rope_mismatch.append(f"rope.freqs: checkpoint {tuple(theirs.shape)} vs model {ours.shape}")
+            elif not np.allclose(theirs.astype(np.float32), ours, rtol=1e-2):
+                rope_mismatch.append("rope.freqs: values differ from the rotary frequencies 1e4 ** (-2i / head size)")
             dropped.append("rope.freqs")
     else:
         dropped = [k for k in POS_BUFFERS if sd.pop(k, None) is not None]
@@ -298,8 +298,8 @@ def check_state_dict(model: STDiT, state_dict: Mapping[str, np.ndarray], *,
     shapes = _entry_shapes(model)
     missing = [n for n in shapes if n not in sd]
     unexpected = sorted(n for n in sd if n not in shapes)
-    mismatched = [f"{n}: checkpoint {tuple(sd[n].shape)} vs model {shapes[n]}"
-                  for n in shapes if n in sd and tuple(sd[n].shape) != shapes[n]]
+    mismatched = rope_mismatch + [f"{n}: checkpoint {tuple(sd[n].shape)} vs model {shapes[n]}"
+                                  for n in shapes if n in sd and tuple(sd[n].shape) != shapes[n]]
     not_allowed = [n for n in missing if not (allow_missing and _is_optional(n))]
     if unexpected or mismatched or not_allowed:
         lines = [f"checkpoint does not match {_describe(model)}:"]
