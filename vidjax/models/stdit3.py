@@ -307,7 +307,11 @@ def pixel_size(value, latent: int, name: str) -> float:
     """The first sample's pixel height or width as a Python float (v1.2 reads ``height[0].item()``)."""
     if value is None:
         return float(latent)
-    arr = np.asarray(value).reshape(-1)
+    try:
+        arr = np.asarray(value).reshape(-1)
+    except jax.errors.TracerArrayConversionError as err:
+        raise ValueError(f"{name}: pass the pixel {name} as a Python number or a concrete array (it sizes the "
+                         "position table, so it is static under jit)") from err
     if arr.size == 0:
         raise ValueError(f"{name}: empty; expected the pixel {name} of the video")
     return float(arr[0])
@@ -317,10 +321,13 @@ class STDiT3(nnx.Module):
     """Open-Sora v1.2 STDiT3.
 
     x: [B, T, H, W, C_in] latents (channels last), timestep: [B] on the 0..1000 scale,
-    y: [B, L, C_text] caption states (``skip_y_embedder``: [B, L, C]), mask: [B, L] (True / 1 = real
-    token) or None, x_mask: [B, T] bool (True = generated frame, False = clean condition frame) or
-    None, fps: [B] (required, as in v1.2), height / width: the pixel size of the video, a Python
-    number or a concrete array whose first entry is used (default: the latent size × 8),
+    y: [B, L, C_text] caption states (``skip_y_embedder``: [B, L, C]),
+    mask: [B, L] (True / 1 = real token) or None,
+    x_mask: [B, T'] bool over latent frames after the patch (T' = ceil(T / patch_t); True = generated
+    frame, False = clean condition frame) or None,
+    fps: [B] (required, as in v1.2),
+    height / width: the pixel size of the video, a Python number or a concrete array whose first entry
+    is used (default: the latent size × 8),
     drop: [B] bool (replace the caption by the null ``y_embedding``) or None.
     Returns [B, T, H, W, C_out] in float32, C_out = 2·C_in with ``pred_sigma``. T, H, W that are not
     multiples of the patch are zero-padded and the output cropped back, as in v1.2.
