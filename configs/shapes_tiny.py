@@ -14,6 +14,8 @@ Variants combine with commas (``:pixels,iddpm``); everything else is an override
 
 from ml_collections import ConfigDict
 
+from vidjax.errors import ConfigError
+
 
 def get_config(arg: str | None = None) -> ConfigDict:
     c = ConfigDict()
@@ -110,7 +112,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     variants = [a for a in (arg or "").split(",") if a]
     unknown = set(variants) - {"pixels", "iddpm", "quick"}
     if unknown:
-        raise ValueError(f"unknown variant(s) {sorted(unknown)} of configs/shapes_tiny.py; expected pixels, iddpm "
+        raise ConfigError(f"unknown variant(s) {sorted(unknown)} of configs/shapes_tiny.py; expected pixels, iddpm "
                          "or quick (comma-separated)")
     if "pixels" in variants or "quick" in variants:  # no VAE: 2×4×4 patches of raw pixels, 256 tokens per clip
         c.name = "shapes_tiny_pixels"

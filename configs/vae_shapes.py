@@ -20,6 +20,7 @@ from pathlib import Path
 from ml_collections import ConfigDict
 
 from vidjax.config import load_config_module
+from vidjax.errors import ConfigError
 
 
 def _sibling(name: str):
@@ -106,5 +107,6 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.train.update(steps=6, batch_size=8, warmup=2, log_every=1, ckpt_every=3)
         c.eval.update(clips=4, batch_size=4, every=0, show=2)
     elif arg:
-        raise ValueError(f"unknown variant {arg!r} of configs/vae_shapes.py; expected vq, adversarial, stage0 or quick")
+        raise ConfigError(f"unknown variant {arg!r} of configs/vae_shapes.py; expected vq, adversarial, stage0 "
+                          "or quick")
     return c
