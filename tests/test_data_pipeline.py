@@ -442,3 +442,32 @@ def test_pack_latents_with_a_tiny_causal_vae(tmp_path):
                                               spatial_downsample=(True,), num_groups=4))
     _, batch = _latent_pack(tmp_path, tiny)
     assert batch["latent"].shape == (2, 2, 16, 16, 4) and np.isfinite(batch["latent"]).all()
+
+
+def test_ingest_caption_layouts(tmp_path):
+    """WebVid CSV (videoid, name, page_dir), Open-Sora CSV (extra columns kept, info recomputed), headerless
+    ``path,caption``, JSONL and Parquet caption tables all give the same clips."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vidjax.data.pipeline.ingest import parse_captions
+    from vidjax.data.shapes import generate
+
+    generate(tmp_path, num_clips=2, frames=8, height=32, width=32, progress=False)
+    names = ["000000", "000001"]
+    (tmp_path / "webvid.csv").write_text("videoid,contentUrl,duration,page_dir,name\n"
+                                         + "".join(f"{n},http://x/{n},PT1S,train,clip {n}\n" for n in names))
+    (tmp_path / "opensora.csv").write_text("path,text,num_frames,height,width,aes,flow\n"
+                                           + "".join(f"train/{n}.mp4,clip {n},999,1,1,5.5,0.5\n" for n in names))
+    (tmp_path / "v1.csv").write_text("".join(f"train/{n}.mp4,clip {n}\n" for n in names))
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"path": f"train/{n}.mp4", "text": f"clip {n}"}) + "\n"
+                                              for n in names) + "{broken\n")
+    pq.write_table(pa.table({"video_id": [f"train/{n}" for n in names], "caption": [f"clip {n}" for n in names]}),
+                   tmp_path / "c.parquet")
+    for name in ("webvid.csv", "opensora.csv", "v1.csv", "c.jsonl", "c.parquet"):
+        rows, bad = parse_captions(tmp_path / name)
+        assert [(Path(r["path"]).relative_to(tmp_path).as_posix(), r["text"]) for r in rows] == \
+            [(f"train/{n}.mp4", f"clip {n}") for n in names], name
+        assert len(bad) == (1 if name == "c.jsonl" else 0), name
+    rows, _ = ingest(tmp_path / "opensora.csv", tmp_path / "out.csv", progress=False)
+    assert [(r["num_frames"], r["height"], r["aes"], r["flow"]) for r in rows] == [(8, 32, 5.5, 0.5)] * 2

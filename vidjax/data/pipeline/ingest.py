@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 from vidjax.data.captions import CaptionFileError, _record
-from vidjax.data.pipeline.table import REJECT_COLUMNS, Row, fingerprint, map_rows, reject_row, write_table
+from vidjax.data.pipeline.table import REJECT_COLUMNS, Row, fingerprint, map_rows, reject_row, typed_value, write_table
 from vidjax.data.pipeline.video import probe_video
 from vidjax.errors import InputError, MissingFileError
 
@@ -99,7 +99,8 @@ def _table_rows(records: list[tuple[str, dict | list]], header: list[str] | None
         if not isinstance(path, str) or not path.strip() or not isinstance(text, str) or not text.strip():
             bad.append(reject_row(where, STEP, f"unreadable row: expected '{pcol}' and '{tcol}' values"))
             continue
-        extra = {k: v for k, v in rec.items() if k not in (pcol, tcol, subdir, *INFO_COLUMNS) and v not in (None, "")}
+        extra = {k: typed_value(k, v) if isinstance(v, str) else v for k, v in rec.items()
+                 if k not in (pcol, tcol, subdir, *INFO_COLUMNS) and v not in (None, "")}
         sub = rec.get(subdir) if subdir else None
         rows.append({"path": _video_path(root, path.strip(), sub), "text": text.strip(), **extra})
     return rows, bad

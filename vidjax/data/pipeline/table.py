@@ -38,7 +38,8 @@ class Reject(Exception):  # noqa: N818  (a verdict on one item, not an error of 
     """Raised by a step function for a bad item: the row goes to the rejects table with this reason."""
 
 
-def _typed(col: str, value: str) -> Any:
+def typed_value(col: str, value: str) -> Any:
+    """A CSV cell as its column's type (:data:`INT_COLUMNS`, :data:`FLOAT_COLUMNS`); other columns stay text."""
     if value == "":
         return None
     try:
@@ -63,7 +64,7 @@ def read_table(path: str | os.PathLike) -> list[Row]:
     if path.suffix != ".csv":
         raise InputError(f"{path}: unknown table format {path.suffix!r}; expected .csv or .parquet")
     with open(path, newline="", encoding="utf-8") as f:
-        return [{k: _typed(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: typed_value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def columns_of(rows: Iterable[Row], first: Iterable[str] = ()) -> list[str]:
