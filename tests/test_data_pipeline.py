@@ -146,7 +146,7 @@ def _bad_folder(root: Path) -> Path:
 def test_bad_items_are_rejected_with_reasons_and_no_good_item_is_lost(tmp_path):
     caps = _bad_folder(tmp_path)
     n_in = len(caps.read_text().splitlines()) - 1
-    rows, bad = ingest(caps, tmp_path / "videos.csv", progress=False)
+    rows, bad = ingest(caps, tmp_path / "videos.csv", workers=2, progress=False)
     assert len(rows) + len(bad) == n_in
     reasons = {Path(b["path"]).name: b["reason"] for b in bad}
     assert "0 bytes" in reasons["empty.mp4"]
@@ -156,7 +156,7 @@ def test_bad_items_are_rejected_with_reasons_and_no_good_item_is_lost(tmp_path):
     assert read_table(tmp_path / "videos_rejects.csv") == bad
 
     records, bad2 = pack(tmp_path / "videos.csv", tmp_path / "packed", buckets="4x32x32", shard_size=3,
-                         progress=False)
+                         workers=2, progress=False)
     assert len(records) + len(bad2) == len(rows)
     reasons2 = {Path(b["path"]).name: b["reason"] for b in bad2}
     assert set(reasons2) == {"one_frame.mp4", "tiny.mp4"}
@@ -471,3 +471,32 @@ def test_ingest_caption_layouts(tmp_path):
         assert len(bad) == (1 if name == "c.jsonl" else 0), name
     rows, _ = ingest(tmp_path / "opensora.csv", tmp_path / "out.csv", progress=False)
     assert [(r["num_frames"], r["height"], r["aes"], r["flow"]) for r in rows] == [(8, 32, 5.5, 0.5)] * 2
+
+
+def test_packed_batches_become_global_arrays_over_the_mesh(tmp_path, devices):
+    import jax
+
+    from vidjax.data.packed import make_packed_dataset, to_global
+
+    pack(_shapes_table(tmp_path, 8), tmp_path / "packed", buckets="4x32x32", progress=False)
+    batch = next(iter(make_packed_dataset(tmp_path / "packed", batch_size=8, seed=0)))
+    mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    g = to_global(batch, mesh)
+    assert g["video"].shape == (8, 4, 32, 32, 3) and len(g["video"].addressable_shards) == len(devices)
+    np.testing.assert_array_equal(np.asarray(g["video"]), batch["video"])
+    assert g["caption"] is batch["caption"]
+
+
+def test_cli_steps_in_process(tmp_path, capsys):
+    from vidjax.data.__main__ import _op_spec, main
+
+    assert _op_spec("duration:min=2,max=10.5") == {"op": "duration", "min": 2, "max": 10.5}
+    assert _op_spec("range:column=flow,min=0.5") == {"op": "range", "column": "flow", "min": 0.5}
+    table = _shapes_table(tmp_path, 2)
+    assert main(["scenecut", str(table), str(tmp_path / "scenes.csv"), "--no-progress"]) == 0
+    assert main(["score", str(tmp_path / "scenes.csv"), str(tmp_path / "scored.parquet"), "--op", "motion:samples=2",
+                 "--op", "duration:min=0.5", "--no-progress"]) == 0
+    assert main(["pack", str(tmp_path / "scored.parquet"), str(tmp_path / "packed"), "--buckets", "4x32x32",
+                 "--no-progress"]) == 0
+    assert "pack: 2 rows" in capsys.readouterr().out
+    assert all(r["flow"] > 0 for r in read_table(tmp_path / "scored.parquet"))

@@ -127,6 +127,17 @@ def make_packed_dataset(path: str | os.PathLike, *, batch_size: int, seed: int, 
     return it.map(to_float32)
 
 
+def to_global(batch: dict, mesh, axis: str | tuple[str, ...] = "data") -> dict:
+    """This process's batch -> global ``jax.Array`` s split over ``axis`` of ``mesh`` (numeric keys only; captions
+    stay host-side numpy). The global batch is ``batch_size * shard_count`` long."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    sharding = NamedSharding(mesh, PartitionSpec(axis))
+    return {k: v if v.dtype.kind in "USO" else jax.make_array_from_process_local_data(sharding, v)
+            for k, v in batch.items()}
+
+
 def to_float32(batch: dict) -> dict:
     """A batch's uint8 ``video`` [B, T, H, W, 3] -> float32 in [-1, 1] (runs in the consuming process)."""
     if "video" in batch:
