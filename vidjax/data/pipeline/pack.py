@@ -32,7 +32,6 @@ import functools
 import io
 import json
 import math
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -43,7 +42,16 @@ import einops
 import numpy as np
 from tqdm import tqdm
 
-from vidjax.data.pipeline.table import REJECT_COLUMNS, Reject, Row, fingerprint, read_table, reject_row, write_table
+from vidjax.data.pipeline.table import (
+    REJECT_COLUMNS,
+    Reject,
+    Row,
+    fingerprint,
+    read_table,
+    reject_row,
+    worker_pool,
+    write_table,
+)
 from vidjax.data.pipeline.video import clip_range, read_frames
 from vidjax.errors import ConfigError
 
@@ -258,16 +266,12 @@ def pack(table: str | os.PathLike, out: str | os.PathLike, *, buckets: str | Seq
     todo = [k for k in range(n_shards) if done_info(k) is None]
     bar = tqdm(total=len(rows), initial=len(rows) - sum(len(rows[k * shard_size:(k + 1) * shard_size]) for k in todo),
                desc=STEP, unit="row", disable=not progress)
-    pool = None
-    if workers > 1 and todo:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["vidjax.data.pipeline.table", "vidjax.data.pipeline.video"])
-        pool = ctx.Pool(workers)
+    pool = worker_pool(workers) if workers > 1 and todo else None
     try:
         for k in todo:
             chunk = rows[k * shard_size:(k + 1) * shard_size]
             args = [(prep, r) for r in chunk]
-            results = pool.imap(_prepare_one, args) if pool is not None else map(_prepare_one, args)
+            results = pool.map(_prepare_one, args) if pool is not None else map(_prepare_one, args)
             items, bad = [], []
             for r, (item, why) in zip(chunk, results, strict=True):
                 if why is None:
@@ -288,8 +292,7 @@ def pack(table: str | os.PathLike, out: str | os.PathLike, *, buckets: str | Seq
             _marker(out, name, k, n_shards).write_text(json.dumps({"key": key, "rows": meta, "rejects": bad}))
     finally:
         if pool is not None:
-            pool.close()
-            pool.join()
+            pool.shutdown(cancel_futures=True)
         bar.close()
     return _finish(out, ddir, name, n_shards, [done_info(k) for k in range(n_shards)], feats, kind, bks)
 

@@ -19,6 +19,7 @@ import math
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,13 @@ def _call(fn: Callable[[Row], list[Row]], i: int, row: Row) -> tuple[int, list[R
     return i, [{k: _clean(v) for k, v in r.items()} for r in out], None
 
 
-def _call_star(args):
-    return _call(*args)
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool for the steps. Workers fork from a forkserver that imported the pipeline once (no JAX
+    threads are forked, and flax is not re-imported per worker as with spawn). A worker that dies (a decoder
+    crash) stops the step with ``BrokenProcessPool`` instead of hanging it; rerunning resumes."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["vidjax.data.pipeline.table", "vidjax.data.pipeline.video", "cv2"])
+    return ProcessPoolExecutor(workers, mp_context=ctx)
 
 
 def _read_journal(journal: Path, key: str) -> dict[int, tuple[list[Row] | None, str | None]]:
@@ -173,13 +179,9 @@ def map_rows(step: str, rows: list[Row], fn: Callable[[Row], list[Row]], journal
             jf.write("\n")
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=step, unit="row", disable=not progress)
         if workers > 1 and len(todo) > 1:
-            # forkserver: workers fork from a clean server that imported the pipeline once (no JAX threads
-            # forked, no per-worker re-import of flax as with spawn)
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["vidjax.data.pipeline.table", "vidjax.data.pipeline.video", "cv2"])
-            with ctx.Pool(min(workers, len(todo))) as pool:
-                results = pool.imap_unordered(_call_star, todo)
-                for i, out, why in results:
+            with worker_pool(min(workers, len(todo))) as pool:
+                for fut in as_completed([pool.submit(_call, *args) for args in todo]):
+                    i, out, why = fut.result()
                     done[i] = (out, why)
                     jf.write(json.dumps({"i": i, "rows": out, "reject": why}) + "\n")
                     jf.flush()
