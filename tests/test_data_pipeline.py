@@ -122,6 +122,14 @@ def test_msrvtt_to_packed_shards_to_grain_batches(ingested, real_videos, tmp_pat
         assert set(batch["caption"].tolist()) <= texts
     assert shapes <= {(2, 8, 64, 64, 3), (2, 8, 48, 112, 3)} and len(shapes) == 2
 
+    # with the training tokenizer: the keys of vidjax.data.loader's batches
+    from vidjax.models.text.trainable import HashTokenizer
+
+    batch = next(iter(make_packed_dataset(tmp_path / "packed", batch_size=2, seed=0, tokenizer=HashTokenizer(64, 12))))
+    ids, mask = HashTokenizer(64, 12)(batch["caption"].tolist())
+    np.testing.assert_array_equal(batch["ids"], ids)
+    np.testing.assert_array_equal(batch["mask"], mask)
+
 
 def _bad_folder(root: Path) -> Path:
     """Good shapes clips plus every kind of bad item; returns the caption CSV."""

@@ -22,7 +22,9 @@ the iterator state still resumes exactly.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import grain
@@ -95,9 +97,12 @@ def decode_record(rec: dict) -> dict:
 
 def make_packed_dataset(path: str | os.PathLike, *, batch_size: int, seed: int, shard_index: int = 0,
                         shard_count: int = 1, split: str = "train", num_workers: int = 0, num_threads: int = 2,
-                        prefetch: int = 2, num_epochs: int | None = None) -> grain.IterDataset:
+                        prefetch: int = 2, num_epochs: int | None = None,
+                        tokenizer: Callable[[list[str]], tuple] | None = None) -> grain.IterDataset:
     """Shuffled, per-process-sharded, batched packed clips (see the module docstring).
 
+    ``tokenizer`` (texts -> ``(ids [B, L], mask [B, L])``, as :mod:`vidjax.data.loader` takes) adds ``ids`` and
+    ``mask`` to raw-clip batches, the keys the training step reads; it runs in this process, after the workers.
     ``num_epochs=None`` repeats forever. A bucket with fewer than ``batch_size`` records in this process's
     share is skipped. Returns a grain ``IterDataset``; ``iter()`` it and save ``get_state()`` to resume.
     """
@@ -124,7 +129,17 @@ def make_packed_dataset(path: str | os.PathLike, *, batch_size: int, seed: int, 
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (unparsed outside absl.app.run)
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch))
-    return it.map(to_float32)
+    it = it.map(to_float32)
+    if tokenizer is not None:
+        it = it.map(functools.partial(_tokenize, tokenizer=tokenizer))
+    return it
+
+
+def _tokenize(batch: dict, tokenizer: Callable) -> dict:
+    if "y" in batch:  # latent shards carry their text embeddings already
+        return batch
+    ids, mask = tokenizer(batch["caption"].tolist())
+    return {**batch, "ids": np.asarray(ids), "mask": np.asarray(mask)}
 
 
 def to_global(batch: dict, mesh, axis: str | tuple[str, ...] = "data") -> dict:
