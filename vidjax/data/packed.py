@@ -4,9 +4,9 @@ The training loop calls::
 
     ds = make_packed_dataset(path, batch_size=B, seed=seed,
                              shard_index=jax.process_index(), shard_count=jax.process_count(),
-                             num_workers=2)
+                             num_workers=2, tokenizer=tokenizer)   # tokenizer: adds "ids" / "mask"
     it = iter(ds)            # grain DatasetIterator: it.get_state() / it.set_state(state) for exact resume
-    batch = next(it)
+    batch = to_global(next(it), mesh)   # global jax.Arrays split over the mesh's "data" axis
 
 ``path`` is a pack output folder (with ``packed.csv``) or its TFDS version folder. Batches are numpy dicts
 with the keys of :mod:`vidjax.data.loader`'s batches:
@@ -17,7 +17,8 @@ Every batch comes from one bucket ``(frames, height, width)``; with several buck
 from the buckets in proportion to their sizes. Each process reads only its ``shard_index``-th share
 of every bucket (``shard_count`` shares), shuffled with ``seed`` (a fresh order every epoch). With
 ``num_workers > 0`` worker processes decode and batch ahead of the consumer (grain ``mp_prefetch``);
-the iterator state still resumes exactly.
+the iterator state still resumes exactly. With ``num_epochs`` set and several buckets, the data ends when the
+first bucket runs out (grain's ``mix``).
 """
 
 from __future__ import annotations
