@@ -508,3 +508,18 @@ def test_cli_steps_in_process(tmp_path, capsys):
                  "--no-progress"]) == 0
     assert "pack: 2 rows" in capsys.readouterr().out
     assert all(r["flow"] > 0 for r in read_table(tmp_path / "scored.parquet"))
+
+
+def test_cli_pack_latent_with_a_t5_directory(tmp_path):
+    from _helpers import tiny_t5_dir
+
+    from vidjax.data.__main__ import main
+    from vidjax.data.packed import make_packed_dataset
+
+    table = _shapes_table(tmp_path, 2)
+    t5 = tiny_t5_dir(tmp_path / "t5", [r["text"] for r in read_table(table)], d_model=24)
+    assert main(["pack", str(table), str(tmp_path / "packed"), "--buckets", "4x32x32", "--kind", "latent",
+                 "--vae", '"raw"', "--text-encoder", str(t5), "--batch-size", "2", "--no-progress"]) == 0
+    batch = next(iter(make_packed_dataset(tmp_path / "packed", batch_size=2, seed=0)))
+    assert batch["latent"].shape == (2, 4, 32, 32, 3) and batch["y"].shape[::2] == (2, 24)
+    assert batch["mask"].any(1).all() and np.isfinite(batch["y"]).all()
