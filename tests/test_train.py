@@ -207,6 +207,7 @@ def test_damaged_checkpoints_fall_back_to_the_newest_readable_step(full_run, tmp
     src, c, _ = full_run
     work = tmp_path / "work"
     shutil.copytree(src / "work" / "checkpoints", work / "checkpoints")
+    shutil.copy(src / "work" / "metrics.jsonl", work / "metrics.jsonl")  # logged up to step 8
     ck = work / "checkpoints"
     arrays = sorted((ck / "8" / "params").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
     big = arrays[-1]
@@ -219,7 +220,7 @@ def test_damaged_checkpoints_fall_back_to_the_newest_readable_step(full_run, tmp
     assert "resuming from checkpoint at step 2" in r.stderr
     for step in (8, 6, 4):
         assert f"checkpoint step {step} is unreadable" in r.stderr and (ck / f"unreadable_{step}").is_dir()
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and "Event loop" not in r.stderr  # one line per damaged step
     _assert_same_losses(work, src / "work")
 
 

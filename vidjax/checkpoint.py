@@ -10,10 +10,14 @@ killed mid-save leaves the previous checkpoint intact; rerunning resumes from it
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import os
 import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import grain
@@ -22,6 +26,43 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 log = logging.getLogger(__name__)
+
+
+def _quietly(read, grace: float = 0.5):
+    """``(read(), None)``, or ``(None, reason)`` when reading a (damaged) step fails, without flooding the console.
+
+    When one array of a step cannot be read, orbax logs the failure with its traceback, TensorStore's threads,
+    whose reads of the other arrays outlive the failed restore, print "Event loop is closed" tracebacks straight to
+    the process's stderr, and the abandoned read coroutines print more when they are collected. The caller
+    reports the failure once; this captures that output (file descriptor 2, until the failed read is cleaned up)
+    and keeps it in train.log.
+    """
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    result, reason = None, None
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            result = read()
+        except Exception as e:  # noqa: BLE001 - any failure to read means the step is damaged
+            lines = str(e).strip().splitlines() or [""]
+            reason = f"{type(e).__name__}: {lines[0].split(' See full TensorStore details')[0][:200]}"
+        finally:
+            if reason is not None:  # the exception and its frames are gone: let the rest finish in here
+                time.sleep(grace)
+                gc.collect()
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            absl.setLevel(level)
+        capture.seek(0)
+        text = capture.read().decode("utf-8", "replace")
+    if text.strip():
+        log.debug("storage output while reading a checkpoint:\n%s", text)
+    return result, reason
 
 
 class Checkpointer:
@@ -78,31 +119,26 @@ class Checkpointer:
         may raise (e.g. a checkpoint of another model), which is not treated as damage.
         """
         for step in reversed(self.all_steps()):
-            try:
-                meta = self.read_meta(step)
-            except Exception as e:  # noqa: BLE001 - any failure to read means the step is damaged
-                self._set_aside(step, e)
-                continue
-            if check_meta is not None:
-                check_meta(meta)
-            try:
-                return self.restore(step, **targets)
-            except Exception as e:  # noqa: BLE001
-                self._set_aside(step, e)
+            meta, reason = _quietly(lambda step=step: self.read_meta(step))
+            if reason is None:
+                if check_meta is not None:
+                    check_meta(meta)
+                restored, reason = _quietly(lambda step=step: self.restore(step, **targets))
+                if reason is None:
+                    return restored
+            self._set_aside(step, reason)
         return None
 
-    def _set_aside(self, step: int, err: Exception) -> None:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    def _set_aside(self, step: int, reason: str) -> None:
         target = self.dir / f"unreadable_{step}"
         n = 1
         while target.exists():
             target, n = self.dir / f"unreadable_{step}.{n}", n + 1
         shutil.move(str(self.dir / str(step)), target)
-        msg = f"checkpoint step {step} is unreadable ({type(err).__name__}: {reason}); moved to {target.name}"
+        msg = f"checkpoint step {step} is unreadable ({reason}); moved to {target.name}"
         log.warning(msg)
         print(f"warning: {msg}; trying the previous step", file=sys.stderr)
-        self.mngr.close()
-        self.mngr = self._manager(*self._opts)
+        self.mngr.reload()
 
     def wait(self) -> None:
         self.mngr.wait_until_finished()
