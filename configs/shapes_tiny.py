@@ -39,8 +39,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
         num_threads=2,
     ))
 
-    # text: a small trainable word embedding (T5 / CLIP for real captions)
-    c.text = ConfigDict(dict(encoder="trainable", vocab_size=512, max_length=8, dim=64))
+    # text: a small trainable word embedding; for real captions encoder="t5" (or "clip") with path a local
+    # Hugging Face directory: each caption is embedded once into cache_dir (default <workdir>/cache/text)
+    c.text = ConfigDict(dict(encoder="trainable", vocab_size=512, max_length=8, dim=64, path="", cache_dir=""))
 
     # compression: a causal 3D VAE (4×8×8) trained on the same clips by stage 0 when absent
     c.vae = ConfigDict(dict(type="checkpoint", path="runs/vae_shapes_stage0",

@@ -13,8 +13,10 @@ import dataclasses
 import json
 from pathlib import Path
 
+from vidjax.errors import InputError
 
-class CaptionFileError(ValueError):
+
+class CaptionFileError(InputError):
     """A caption file is malformed, or names videos that do not exist."""
 
 

@@ -12,8 +12,10 @@ import av
 import numpy as np
 from PIL import Image
 
+from vidjax.errors import InputError
 
-class VideoReadError(ValueError):
+
+class VideoReadError(InputError):
     """A video file is missing, unreadable or empty."""
 
 

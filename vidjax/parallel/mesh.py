@@ -25,13 +25,14 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
+from vidjax.errors import ConfigError
 from vidjax.parallel.rules import MESH_AXES
 
 DEFAULT_MESH: dict[str, int] = {"data": -1, "fsdp": 1, "sequence": 1, "tensor": 1,
                                 "dcn_data": 1, "dcn_fsdp": 1, "dcn_sequence": 1, "dcn_tensor": 1}
 
 
-class MeshError(ValueError):
+class MeshError(ConfigError):
     """A mesh that cannot be built on these devices (one line, naming the numbers)."""
 
 

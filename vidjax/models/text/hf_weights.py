@@ -28,6 +28,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from vidjax.errors import InputError
 from vidjax.parallel.rules import named_sharding
 
 Array = jax.Array
@@ -51,7 +52,7 @@ HF_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint directory that cannot be loaded; the message is one line naming the file."""
 
 

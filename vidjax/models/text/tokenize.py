@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vidjax.errors import MissingFileError
+
 # --------------------------------------------------------------------------------------
 # 1. Caption cleaning
 # --------------------------------------------------------------------------------------
@@ -201,7 +203,7 @@ def text_preprocessing(text: str, clean: bool = True) -> str:
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.json")
 
 
-class TokenizerError(FileNotFoundError):
+class TokenizerError(MissingFileError):
     """A tokenizer directory that is missing or unusable; the message is one line naming it."""
 
 
