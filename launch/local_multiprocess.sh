@@ -30,7 +30,8 @@ if [[ $# -eq 0 ]]; then
   echo "usage: $0 [-n N] [-d D] [-p PORT] [-l LOGDIR] -- command ..." >&2
   exit 2
 fi
-PORT="${PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+PYTHON="${PYTHON:-python3}"  # the interpreter for the port probe (tests pass the one running them)
+PORT="${PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 LOGDIR="${LOGDIR:-${TMPDIR:-/tmp}/vidjax_local_${PORT}}"
 mkdir -p "$LOGDIR"
 

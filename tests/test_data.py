@@ -103,8 +103,12 @@ def test_loader_batches_and_resumes_exactly(shapes_root):
     good, clips, _ = probe_records(recs, 8, keep_decoded=True, progress=False)
     tok = HashTokenizer(64, 8)
 
+    def text_fn(texts):
+        ids, mask = tok(texts)
+        return {"ids": ids, "mask": mask}
+
     def ds():
-        return make_dataset(VideoSource(good, clips), make_transform(8, 32, 32, lambda texts: dict(zip(("ids", "mask"), tok(texts)))), batch_size=4, seed=0)
+        return make_dataset(VideoSource(good, clips), make_transform(8, 32, 32, text_fn), batch_size=4, seed=0)
 
     it = iter(ds())
     b0 = next(it)

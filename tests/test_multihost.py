@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from configs.shapes_tiny import get_config
-from vidjax import train
+from vidjax.training import run
 
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = {"model.depth": 1, "data.num_clips": 16, "train.ckpt_every": 3, "sample.num_prompts": 0,
@@ -34,12 +35,12 @@ def launch(tmp_path: Path, data_root: Path, steps: int, tag: str) -> None:
     flags += ["--config.progress=false", f"--config.data.root={data_root}", f"--config.train.steps={steps}",
               "--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.sequence=2", "--config.mesh.dcn_data=2"]
     # faster CPU compiles (same HLO), and the restarted processes reuse the first launch's executables
-    env = dict(os.environ, VIDJAX_XLA_FLAGS="--xla_backend_optimization_level=0",
+    env = dict(os.environ, PYTHON=sys.executable, VIDJAX_XLA_FLAGS="--xla_backend_optimization_level=0",
                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("XLA_FLAGS", None)
     cmd = ["bash", "launch/local_multiprocess.sh", "-n", "2", "-d", "4", "-l", str(tmp_path / f"logs_{tag}"), "--",
-           "python", "-m", "vidjax.train", "--config", "configs/shapes_tiny.py:quick",
+           sys.executable, "-m", "vidjax.train", "--config", "configs/shapes_tiny.py:quick",
            f"--workdir={tmp_path / 'multi'}", *flags]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -57,7 +58,7 @@ def test_two_processes_train_save_restart_resume_match_one_process(tmp_path):
     c.train.steps = 5
     c.mesh.update(data=2, fsdp=2, sequence=2)
     t0 = time.time()
-    ref = train.run(c, tmp_path / "single")  # 8 devices in this process (tests/conftest.py); writes the data set
+    ref = run(c, tmp_path / "single")  # 8 devices in this process (tests/conftest.py); writes the data set
     assert ref["steps"] == 5
     want = losses(tmp_path / "single")
 

@@ -1,8 +1,10 @@
 """Packaging: kernels/ installs as vidjax.kernels, no top-level kernels/configs/launch, lint-clean."""
 
 import configparser
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,8 +35,22 @@ def test_no_top_level_names_owned_by_other_projects():
 def test_kernels_import_as_vidjax_kernels():
     import vidjax.kernels
 
+    import vidjax as package
+
     here = Path(vidjax.kernels.__file__).parent  # the top-level kernels/ folder of the installed checkout
-    assert here.name == "kernels" and here.parent.name != "vidjax" and (here / "spatial.py").exists()
+    checkout = Path(package.__file__).parent.parent
+    assert here == checkout / "kernels" and (here / "spatial.py").exists()  # whatever the checkout's folder name
+
+
+def test_no_top_level_kernels_module_is_installed(tmp_path):
+    """Outside the checkout (no repo root on sys.path), ``import kernels`` finds nothing of ours."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", "import importlib.util as u, vidjax.kernels as k; "
+                        "s = u.find_spec('kernels'); print(k.__file__); print(s.origin if s else None)"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ours, top = r.stdout.split()
+    assert ours.endswith("kernels/__init__.py") and top == "None"
 
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")

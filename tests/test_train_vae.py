@@ -11,10 +11,10 @@ from _helpers import losses, quick
 from flax import nnx
 
 from configs.vae_shapes import get_config
-from vidjax.training import run
-from vidjax.training import vae as train_vae
 from vidjax.models.vae import VQVAE, TemporalVAE, build_vae
 from vidjax.models.vae.temporal import CausalConv3d
+from vidjax.training import run
+from vidjax.training import vae as train_vae
 
 
 def quick_config(tmp_path, variant="quick", **over):
