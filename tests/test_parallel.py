@@ -157,14 +157,30 @@ def test_mesh_axes_fill_and_errors():
     assert len({d.slice_index for d in map(Dev, devs)}) == 2
 
 
-def test_one_table_and_no_mesh_axes_in_model_code():
+def test_one_table_and_no_mesh_axis_names_outside_it():
     assert {"embed", "mlp", "heads", "layers", "batch", "frames", "tokens"} <= set(LOGICAL_AXIS_RULES)
     assert LOGICAL_AXIS_RULES["frames"] == LOGICAL_AXIS_RULES["tokens"] == "sequence"
     names = "|".join(MESH_AXES)
-    for path in (REPO / "vidjax" / "models").rglob("*.py"):
-        src = path.read_text()
-        hits = re.findall(rf"""["']({names})["']""", src)
-        assert not hits, f"{path.name} names mesh axes {hits}; use logical names from vidjax.parallel.rules"
+    rules = REPO / "vidjax" / "parallel" / "rules.py"
+    files = [p for d in ("vidjax", "kernels", "configs") for p in (REPO / d).rglob("*.py") if p != rules]
+    assert len(files) > 50
+    for path in files:
+        hits = re.findall(rf"""["']({names})["']""", path.read_text())
+        assert not hits, f"{path} names mesh axes {hits}; use vidjax.parallel.rules (logical names, MESH_AXES)"
+
+
+def test_distributed_settings_take_process_0_from_the_config(monkeypatch):
+    from ml_collections import ConfigDict
+
+    from vidjax.parallel.distributed import _setting
+
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    c = ConfigDict(dict(distributed=dict(coordinator="", num_processes=0, process_id=0)))
+    assert _setting(c, "process_id", "JAX_PROCESS_ID", -1) == 0  # 0 is a process id, not "unset"
+    c.distributed.process_id = -1
+    assert _setting(c, "process_id", "JAX_PROCESS_ID", -1) == 3  # unset: the environment's
+    monkeypatch.delenv("JAX_PROCESS_ID")
+    assert _setting(c, "process_id", "JAX_PROCESS_ID", -1) == -1
 
 
 def test_bad_batch_and_frames_are_one_line_errors(stdit):

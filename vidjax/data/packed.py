@@ -6,7 +6,7 @@ The training loop calls::
                              shard_index=jax.process_index(), shard_count=jax.process_count(),
                              num_workers=2, tokenizer=tokenizer)   # tokenizer: adds "ids" / "mask"
     it = iter(ds)            # grain DatasetIterator: it.get_state() / it.set_state(state) for exact resume
-    batch = to_global(next(it), mesh)   # global jax.Arrays split over the mesh's "data" axis
+    batch = to_global(next(it), mesh)   # global jax.Arrays split over the mesh's batch axes
 
 ``path`` is a pack output folder (with ``packed.csv``) or its TFDS version folder. Batches are numpy dicts
 with the keys of :mod:`vidjax.data.loader`'s batches:
@@ -143,15 +143,15 @@ def _tokenize(batch: dict, tokenizer: Callable) -> dict:
     return {**batch, "ids": np.asarray(ids), "mask": np.asarray(mask)}
 
 
-def to_global(batch: dict, mesh, axis: str | tuple[str, ...] = "data") -> dict:
-    """This process's batch -> global ``jax.Array`` s split over ``axis`` of ``mesh`` (numeric keys only; captions
-    stay host-side numpy). The global batch is ``batch_size * shard_count`` long."""
+def to_global(batch: dict, mesh) -> dict:
+    """This process's batch -> global ``jax.Array`` s split over the mesh's batch axes (data × fsdp; numeric keys
+    only, captions stay host-side numpy). The global batch is ``batch_size * shard_count`` long."""
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec
 
-    sharding = NamedSharding(mesh, PartitionSpec(axis))
-    return {k: v if v.dtype.kind in "USO" else jax.make_array_from_process_local_data(sharding, v)
-            for k, v in batch.items()}
+    from vidjax.parallel.sharding import batch_sharding
+
+    return {k: v if v.dtype.kind in "USO" else
+            jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in batch.items()}
 
 
 def to_float32(batch: dict) -> dict:

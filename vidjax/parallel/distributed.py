@@ -30,9 +30,12 @@ log = logging.getLogger(__name__)
 
 
 def _setting(config, key: str, env: str, default):
+    """``config.distributed.<key>`` when set, else the environment variable ``env``, else ``default``.
+    "Not set" is the default value itself (``process_id=-1``, ``num_processes=0``, ``coordinator=""``), so 0 is a
+    valid process id."""
     section = config.get("distributed") if config is not None and hasattr(config, "get") else None
     value = section.get(key) if section is not None else None
-    if value in (None, "", 0, -1):
+    if value is None or value == "" or value == default:
         value = os.environ.get(env, default)
     return type(default)(value) if value is not None else None
 

@@ -26,10 +26,10 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 from vidjax.errors import ConfigError
-from vidjax.parallel.rules import MESH_AXES
+from vidjax.parallel.rules import DATA, MESH_AXES
 
-DEFAULT_MESH: dict[str, int] = {"data": -1, "fsdp": 1, "sequence": 1, "tensor": 1,
-                                "dcn_data": 1, "dcn_fsdp": 1, "dcn_sequence": 1, "dcn_tensor": 1}
+DEFAULT_MESH: dict[str, int] = {**dict.fromkeys(MESH_AXES, 1), DATA: -1,  # every device on data by default
+                                **{f"dcn_{a}": 1 for a in MESH_AXES}}
 
 
 class MeshError(ConfigError):
@@ -55,7 +55,7 @@ def mesh_settings(config) -> dict[str, int]:
 
 
 def parse_mesh(text: str) -> dict[str, int]:
-    """``"data=2,fsdp=2,sequence=2"`` -> ``{"data": 2, "fsdp": 2, "sequence": 2}`` (unnamed axes keep defaults)."""
+    """``data=2,fsdp=2,sequence=2`` -> ``{data: 2, fsdp: 2, sequence: 2}`` (unnamed axes keep defaults)."""
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in part:
@@ -110,7 +110,7 @@ def mesh_shape(settings: Mapping[str, int], num_devices: int, num_slices: int = 
 
 
 def make_mesh(config=None, devices: Sequence | None = None, **overrides: int) -> Mesh:
-    """A ``Mesh`` with axes ``("data", "fsdp", "sequence", "tensor")`` from ``config.mesh``.
+    """A ``Mesh`` with axes ``MESH_AXES`` (data, fsdp, sequence, tensor) from ``config.mesh``.
 
     ``config`` may be a full config, its ``mesh`` section, a dict, or None (all defaults:
     every device on ``data``). ``overrides`` replace single sizes: ``make_mesh(c, sequence=4)``.
@@ -135,7 +135,7 @@ def make_mesh(config=None, devices: Sequence | None = None, **overrides: int) ->
 
 
 def describe(mesh: Mesh) -> str:
-    """``"data=2 fsdp=2 sequence=2 tensor=1 (8 devices)"``."""
+    """``data=2 fsdp=2 sequence=2 tensor=1 (8 devices)``."""
     sizes = " ".join(f"{n}={s}" for n, s in zip(mesh.axis_names, mesh.axis_sizes, strict=True))
     return f"{sizes} ({mesh.size} devices)"
 

@@ -19,6 +19,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
+DATA, FSDP, SEQUENCE, TENSOR = MESH_AXES  # the only place mesh axis names are spelled out
 
 # logical name -> mesh axis (or tuple of mesh axes, or None for replicated)
 LOGICAL_AXIS_RULES: dict[str, str | tuple[str, ...] | None] = {

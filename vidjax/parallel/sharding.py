@@ -8,7 +8,7 @@ without metadata) is split on ``fsdp`` along its largest divisible dimension, so
 tensor is divided, not only the big matrices. Dimensions that a mesh axis does not divide
 stay whole. Gradients share the parameters' shardings (they are the jit outputs of the same
 tree) and optimizer moments follow them through ``optax.tree_map_params``.
-The batch is split over ``("data", "fsdp")`` (logical ``batch``).
+The batch is split over the mesh axes of the logical ``batch`` axis (data × fsdp).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vidjax.parallel.rules import mesh_spec
+from vidjax.errors import ConfigError
+from vidjax.parallel.rules import DATA, FSDP, mesh_spec
 
 Tree = Any
 
@@ -56,12 +57,12 @@ def zero3_spec(shape: tuple[int, ...], axes: tuple[str | None, ...], mesh) -> P:
     for i, entry in enumerate(spec):  # a mesh axis that does not divide the dimension leaves it whole
         if entry is not None and shape[i] % math.prod(sizes[a] for a in _entry_axes(entry)):
             spec[i] = None
-    n = sizes.get("fsdp", 1)
-    if n > 1 and not any("fsdp" in _entry_axes(e) for e in spec):
+    n = sizes.get(FSDP, 1)
+    if n > 1 and not any(FSDP in _entry_axes(e) for e in spec):
         free = [i for i in range(len(shape)) if spec[i] is None and shape[i] % n == 0 and shape[i] >= n
                 and (i >= len(axes) or axes[i] != "layers")]
         if free:
-            spec[max(free, key=lambda i: shape[i])] = "fsdp"
+            spec[max(free, key=lambda i: shape[i])] = FSDP
     return P(*spec)
 
 
@@ -80,7 +81,7 @@ def opt_shardings(tx: optax.GradientTransformation, params: Tree, p_shardings: T
 
 
 def batch_sharding(mesh, ndim: int = 1) -> NamedSharding:
-    """Leading (batch) dimension over ``("data", "fsdp")``, the rest whole."""
+    """Leading (batch) dimension over the logical ``batch`` axis's mesh axes (data × fsdp), the rest whole."""
     return NamedSharding(mesh, P(mesh_spec(("batch",), mesh)[0], *([None] * (ndim - 1))))
 
 
@@ -94,8 +95,8 @@ def check_batch(batch_size: int, mesh, what: str = "train.batch_size") -> None:
     n = batch_shards(mesh)
     if batch_size % n:
         sizes = _axis_sizes(mesh)
-        raise ValueError(f"{what}={batch_size} is not divisible by the data axes data × fsdp = "
-                         f"{sizes['data']} × {sizes['fsdp']} = {n}")
+        raise ConfigError(f"{what}={batch_size} is not divisible by the data axes data × fsdp = "
+                          f"{sizes[DATA]} × {sizes[FSDP]} = {n}")
 
 
 def place(tree: Tree, shardings: Tree) -> Tree:

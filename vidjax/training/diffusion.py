@@ -34,6 +34,7 @@ from vidjax.models.t2v import build_model, text_inputs, trainable
 from vidjax.models.vae import VAE_WEIGHTS_DIR, build_vae
 from vidjax.parallel import distributed
 from vidjax.parallel import sharding as shd
+from vidjax.parallel.rules import axis_size
 from vidjax.training import loop
 from vidjax.training import metrics as mx
 from vidjax.training.state import ModelParts, make_optimizer, update
@@ -58,7 +59,7 @@ def check_config(config) -> None:
 
 def check_parallel(config, mesh, vae) -> None:
     """One-line errors for a clip that the mesh's sequence axis cannot split (before anything is compiled)."""
-    seq = dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True)).get("sequence", 1)
+    seq = axis_size("frames", mesh)  # the sequence-parallel degree
     if seq == 1:
         return
     d, m = config.data, config.model
