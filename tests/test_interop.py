@@ -433,8 +433,17 @@ def test_file_errors(tmp_path):
     with pytest.raises(CheckpointFormatError, match="not a readable safetensors"):
         read_checkpoint(tmp_path / "bad.safetensors")
     (tmp_path / "bad.pth").write_bytes(b"garbage")
-    with pytest.raises(CheckpointFormatError, match="PyTorch checkpoint|torch.load refused"):
+    with pytest.raises(CheckpointFormatError, match="not a readable PyTorch checkpoint") as err:
         read_checkpoint(tmp_path / "bad.pth")
+    assert "unsafe" not in str(err.value)  # random bytes: no flag would help, so none is advised
+    import argparse
+
+    import torch
+
+    # a pickled object that a weights-only load refuses (as training checkpoints with their args often hold)
+    torch.save({"w": torch.zeros(2), "args": argparse.Namespace(lr=1)}, tmp_path / "objects.pth")
+    with pytest.raises(CheckpointFormatError, match="python -m vidjax.convert .* --unsafe-pickle"):
+        read_checkpoint(tmp_path / "objects.pth")
 
 
 # --------------------------------------------------------------------------------------

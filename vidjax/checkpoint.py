@@ -21,9 +21,12 @@ import time
 from pathlib import Path
 
 import grain
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
+
+from vidjax.errors import MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -158,21 +161,24 @@ def restore_model(workdir: str | Path, step: int | None = None, ema: bool = True
 
     ckpt_dir = Path(workdir).absolute() / "checkpoints"
     if not ckpt_dir.is_dir():
-        raise FileNotFoundError(f"{workdir}: no checkpoints folder (was this workdir trained by vidjax.train?)")
+        raise MissingFileError(f"{workdir}: no checkpoints folder (was this workdir trained by vidjax.train?)")
     mngr = ocp.CheckpointManager(ckpt_dir)
     steps = mngr.all_steps()
     if not steps:
-        raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint")
+        raise MissingFileError(f"{ckpt_dir}: no complete checkpoint")
     step = max(steps) if step is None else step
     if step not in steps:
-        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint at step {step}; have {sorted(steps)}")
+        raise MissingFileError(f"{ckpt_dir}: no checkpoint at step {step}; have {sorted(steps)}")
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     config = ml_collections.ConfigDict(meta["config"])
     vae = build_vae(config.vae)
     model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0), latent_channels=vae.latent_channels))
     graphdef, params, rest = nnx.split(model, trainable(model), ...)
     key = "ema" if ema else "params"
-    targets = {key: nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest)}
+    # onto this process's first device, whatever mesh the run was trained on (a pod run samples on one chip)
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    targets = {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), nnx.to_pure_dict(v))
+               for k, v in ((key, params), ("rest", rest))}
     restored = mngr.restore(step, args=ocp.args.Composite(**{k: ocp.args.StandardRestore(v)
                                                              for k, v in targets.items()}))
     nnx.replace_by_pure_dict(params, restored[key])

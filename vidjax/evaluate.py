@@ -16,13 +16,15 @@ Chance levels: colour 25%, shape 33%, motion 25%, all three ≈ 2%.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from vidjax import cli
+from vidjax.cli import check_writable
 from vidjax.data import shapes
+from vidjax.errors import ConfigError, InputError, MissingFileError
 
 PALETTE = {name: np.array(rgb, np.float32) for name, rgb in shapes.COLOURS.items()}
 CHANCE = {"colour": 1 / len(shapes.COLOURS), "shape": 1 / len(shapes.SHAPES), "motion": 1 / len(shapes.MOTIONS),
@@ -119,7 +121,7 @@ def evaluate_model(model, config, vae, diffusion, tokenizer, out_dir: Path | Non
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m vidjax.evaluate", description=__doc__.split("\n")[0])
@@ -129,34 +131,40 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num_prompts", type=int, default=48)
     p.add_argument("--shuffle", action="store_true", help="pair clips with shuffled captions (a chance baseline)")
     a = p.parse_args(argv)
-    try:
-        if a.captions:
-            from vidjax.data.video_io import read_video
+    if a.num_prompts < 1:
+        raise ConfigError(f"--num_prompts={a.num_prompts}: must be a positive integer")
+    if a.captions:
+        from vidjax.data.video_io import read_video
 
-            rows = [json.loads(ln) for ln in Path(a.captions).read_text().splitlines() if ln.strip()]
-            rows = rows[: a.num_prompts]
-            clips = [read_video(Path(a.captions).parent / r["file"]) for r in rows]
-            targets = [(r["shape"], r["colour"], r["motion"]) for r in rows]
-            if a.shuffle:
-                targets = [targets[i] for i in np.random.default_rng(0).permutation(len(targets))]
-            report = score(clips, targets)
-        elif a.workdir:
-            from vidjax.checkpoint import restore_model
-            from vidjax.diffusion import build_diffusion
-            from vidjax.models.t2v import build_tokenizer
-            from vidjax.models.vae import build_vae
+        path = Path(a.captions)
+        if not path.is_file():
+            raise MissingFileError(f"{path}: captions file not found")
+        rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()][: a.num_prompts]
+        missing = [k for k in ("file", "shape", "colour", "motion") if rows and k not in rows[0]]
+        if not rows or missing:
+            raise InputError(f"{path}: expected shapes rows with file, shape, colour and motion"
+                             + (f" (missing {', '.join(missing)})" if missing else " (the file has none)"))
+        clips = [read_video(path.parent / r["file"]) for r in rows]
+        targets = [(r["shape"], r["colour"], r["motion"]) for r in rows]
+        if a.shuffle:
+            targets = [targets[i] for i in np.random.default_rng(0).permutation(len(targets))]
+        report = score(clips, targets)
+    elif a.workdir:
+        from vidjax.checkpoint import restore_model
+        from vidjax.diffusion import build_diffusion
+        from vidjax.models.t2v import text_inputs
+        from vidjax.models.vae import build_vae
 
-            config, model, _ = restore_model(a.workdir, ema=True)
-            report = evaluate_model(model, config, build_vae(config.vae), build_diffusion(config.diffusion),
-                                    build_tokenizer(config), Path(a.workdir) / f"samples_{a.split}", a.split,
-                                    a.num_prompts)
-        else:
-            p.error("give --workdir or --captions")
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"vidjax.evaluate: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        out = Path(a.workdir) / f"samples_{a.split}"
+        check_writable(out, what="evaluation samples")
+        config, model, _ = restore_model(a.workdir, ema=True)
+        report = evaluate_model(model, config, build_vae(config.vae), build_diffusion(config.diffusion),
+                                text_inputs(config), out, a.split, a.num_prompts)
+    else:
+        p.error("give --workdir or --captions")
     print(json.dumps(report["summary"]))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run("vidjax.evaluate", main)

@@ -15,8 +15,10 @@ import sys
 
 import numpy as np
 
-from vidjax.interop.files import CheckpointFormatError, write_opensora
-from vidjax.interop.torch_names import CheckpointMismatchError
+from vidjax import cli
+from vidjax.cli import check_writable
+from vidjax.errors import InputError, OutputError
+from vidjax.interop.files import write_opensora
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": "bfloat16"}
 
@@ -52,27 +54,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.out.endswith(".safetensors"):
-        print(f"error: --out {args.out}: the output must be a .safetensors file", file=sys.stderr)
-        return 2
-    try:
-        config, model, step = restore_model(args.workdir, args.step, args.ema)[:3]
-        dit = model.dit
-        from vidjax.models.stdit import STDiT
+        raise OutputError(f"--out {args.out}: the output must be a .safetensors file")
+    check_writable(args.out, what="--out")
+    config, model, step = restore_model(args.workdir, args.step, args.ema)[:3]
+    dit = model.dit
+    from vidjax.models.stdit import STDiT
 
-        if not isinstance(dit, STDiT):
-            raise ValueError(f"{args.workdir}: the model is a {type(dit).__name__}; only STDiT has an Open-Sora layout")
-        size = tuple(args.input_size) if args.input_size else latent_input_size(config)
-        dtype = DTYPES[args.dtype]
-        if dtype == "bfloat16":
-            import ml_dtypes
+    if not isinstance(dit, STDiT):
+        raise InputError(f"{args.workdir}: the model is a {type(dit).__name__}; only STDiT has an Open-Sora v1.0 "
+                         "layout")
+    size = tuple(args.input_size) if args.input_size else latent_input_size(config)
+    dtype = DTYPES[args.dtype]
+    if dtype == "bfloat16":
+        import ml_dtypes
 
-            dtype = ml_dtypes.bfloat16
-        meta = write_opensora(dit, args.out, size, dtype=dtype,
-                              info={"source": "vidjax.export", "workdir": str(args.workdir), "step": int(step),
-                                    "ema": bool(args.ema), "model_size": config.model.get("size") or None})
-    except (FileNotFoundError, CheckpointFormatError, CheckpointMismatchError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        dtype = ml_dtypes.bfloat16
+    meta = write_opensora(dit, args.out, size, dtype=dtype,
+                          info={"source": "vidjax.export", "workdir": str(args.workdir), "step": int(step),
+                                "ema": bool(args.ema), "model_size": config.model.get("size") or None})
+    if "warning" in meta:
+        print(f"warning: {meta['warning']} (recorded in the .json)", file=sys.stderr)
     print(f"wrote {args.out}: {meta['num_tensors']} tensors, {meta['num_elements']:,} elements "
           f"(step {step}, {'EMA' if args.ema else 'raw'} weights, input size {size}); config in "
           f"{args.out[:-len('.safetensors')]}.json")
@@ -80,4 +81,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run("vidjax.export", main)

@@ -19,7 +19,10 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from vidjax import cli
+from vidjax.cli import check_writable
 from vidjax.data.video_io import frame_grid, save_png, write_video
+from vidjax.errors import ConfigError, InputError, MissingFileError
 
 
 def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, seed: int = 0, steps: int | None = None,
@@ -74,7 +77,24 @@ def save_samples(out_dir: str | Path, clips: np.ndarray, prompts: list[str], fps
     return grid
 
 
-def main(argv: list[str] | None = None) -> None:
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per line; blank lines are skipped (with a warning). One-line errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: prompts file not found")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}); save the prompts file as UTF-8") from None
+    prompts = [ln.strip() for ln in lines if ln.strip()]
+    if not prompts:
+        raise InputError(f"{path}: no prompts (the file is empty or has only blank lines)")
+    if len(prompts) < len(lines):
+        print(f"warning: {path}: skipped {len(lines) - len(prompts)} blank line(s)", file=sys.stderr)
+    return prompts
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vidjax.sample", description=__doc__.split("\n")[1])
     p.add_argument("--workdir", required=True, help="training workdir holding checkpoints/")
     p.add_argument("--prompt", action="append", help="a caption (repeatable)")
@@ -86,36 +106,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA")
     a = p.parse_args(argv)
-    prompts = list(a.prompt or [])
-    try:
-        if a.prompts:
-            prompts += [ln.strip() for ln in Path(a.prompts).read_text().splitlines() if ln.strip()]
-        if not prompts:
-            p.error("give --prompt or --prompts")
-        from vidjax.checkpoint import restore_model
-        from vidjax.diffusion import build_diffusion
-        from vidjax.models.t2v import build_tokenizer
-        from vidjax.models.vae import build_vae
-
-        config, model, step = restore_model(a.workdir, a.step, ema=not a.no_ema)
-        clips = generate(model, config, build_vae(config.vae), build_diffusion(config.diffusion),
-                         build_tokenizer(config), prompts, seed=a.seed, steps=a.steps, cfg_scale=a.cfg_scale,
-                         progress=True)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"vidjax.sample: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    prompts = list(a.prompt or []) + (read_prompts(a.prompts) if a.prompts else [])
+    if not prompts:
+        p.error("give --prompt or --prompts")
+    if a.steps is not None and a.steps < 1:
+        raise ConfigError(f"--steps={a.steps}: the number of sampling steps must be at least 1")
     out = Path(a.out)
+    if out.suffix == ".mp4" and len(prompts) != 1:
+        raise ConfigError(f"--out {out} is a single .mp4 but {len(prompts)} prompts were given; give a folder")
+    check_writable(out, what="--out")  # before any compute
+    from vidjax.checkpoint import restore_model
+    from vidjax.diffusion import build_diffusion
+    from vidjax.models.t2v import text_inputs
+    from vidjax.models.vae import build_vae
+
+    config, model, step = restore_model(a.workdir, a.step, ema=not a.no_ema)
+    clips = generate(model, config, build_vae(config.vae), build_diffusion(config.diffusion), text_inputs(config),
+                     prompts, seed=a.seed, steps=a.steps, cfg_scale=a.cfg_scale, progress=True)
     if out.suffix == ".mp4":
-        if len(prompts) != 1:
-            print("vidjax.sample: error: --out is a single .mp4 but several prompts were given", file=sys.stderr)
-            sys.exit(2)
+        out.parent.mkdir(parents=True, exist_ok=True)
         write_video(out, clips[0], fps=config.sample.fps)
         save_png(out.with_suffix(".png"), frame_grid(clips), scale=max(1, 128 // clips.shape[2]))
         print(f"wrote {out} and {out.with_suffix('.png')} (checkpoint step {step})")
     else:
         grid = save_samples(out, clips, prompts, fps=config.sample.fps)
         print(f"wrote {len(prompts)} clips to {out}/ and {grid} (checkpoint step {step})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run("vidjax.sample", main)

@@ -63,8 +63,14 @@ def _read_torch(path: Path, unsafe_pickle: bool):
     try:
         return torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
     except pickle.UnpicklingError as err:
-        raise CheckpointFormatError(f"{path}: torch.load refused the file ({str(err).splitlines()[0]}). If the file "
-                                    "comes from a source you trust, pass --unsafe-pickle") from err
+        text = str(err)
+        detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0] if text.strip() else ""
+        if "unsupported global" not in text.lower():  # not a checkpoint pickle at all: no flag will help
+            raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint ({detail})") from err
+        raise CheckpointFormatError(
+            f"{path}: the file holds Python objects that a safe torch.load refuses ({detail}). If it comes from a "
+            f"source you trust, convert it once with python -m vidjax.convert {path} --unsafe-pickle --out "
+            "model.safetensors (plus its --model options) and use that file") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointFormatError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
 
@@ -144,6 +150,11 @@ def write_opensora(model, out: str | Path, input_size: tuple[int, int, int], *, 
     if cfg.qk_norm or cfg.temporal_rope or cfg.fps_conditioning:
         meta["note"] = ("STDiT3 options are on: q_norm/k_norm/fps_embedder keys and RoPE have no counterpart in "
                         "Open-Sora v1.0's STDiT, which will not load this file strictly")
+    if getattr(cfg, "temporal_pos", "block0") != "block0":
+        meta["warning"] = (f"temporal_pos={cfg.temporal_pos!r}: this model adds the temporal position embedding to "
+                           "every token after the patch embedding, Open-Sora v1.0's STDiT only in its first block's "
+                           "temporal attention. The file loads strictly into Open-Sora v1.0 but computes something "
+                           "else there")
     out = Path(out)
     save_safetensors(sd, out, {"vidjax": meta})
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
