@@ -43,6 +43,15 @@ B = 2
 # --------------------------------------------------------------------------------------
 
 
+
+def exit_code(main, argv) -> int:
+    """The exit status of a command line's ``main`` run as ``python -m`` runs it (vidjax.cli.run)."""
+    from vidjax import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.run("test", main, argv)
+    return e.value.code
+
 def np_sincos_1d(dim, pos):
     omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
     out = np.einsum("m,d->md", pos.reshape(-1), omega)
@@ -517,7 +526,7 @@ def test_convert_cli(pixart, inputs, tmp_path, capsys):
              ([str(pth), *TINY_SETS], "--allow-missing"),
              ([str(pth), *TINY_SETS, "--set", "widht=3"], "widht")]
     for args, message in cases:
-        assert main([*args, "--out", str(tmp_path / "x.safetensors")]) == 2
+        assert exit_code(main, [*args, "--out", str(tmp_path / "x.safetensors")]) == 2
         assert message in capsys.readouterr().err
 
 
@@ -542,7 +551,7 @@ def test_export_cli(exported, inputs, tmp_path, capsys, monkeypatch):
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["step"] == 40 and meta["ema"] is True and meta["opensora_kwargs"]["input_size"] == list(INPUT)
     capsys.readouterr()
-    assert vidjax.export.main(["--workdir", str(tmp_path), "--out", "model.pth"]) == 2
+    assert exit_code(vidjax.export.main, ["--workdir", str(tmp_path), "--out", "model.pth"]) == 2
     assert "must be a .safetensors" in capsys.readouterr().err
 
 
@@ -550,7 +559,7 @@ def test_export_cli_missing_workdir(tmp_path, capsys):
     pytest.importorskip("vidjax.checkpoint")
     from vidjax.export import main
 
-    assert main(["--workdir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert exit_code(main, ["--workdir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.safetensors")]) == 2
     assert "no checkpoints folder" in capsys.readouterr().err
 
 

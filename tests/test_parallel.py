@@ -337,8 +337,8 @@ def test_sequence_parallel_cuts_compiled_temp_memory():
 
 def test_shardcheck_cli(capsys):
     shardcheck.main(["--config", "configs/shapes_tiny.py:quick", "--mesh", "data=2,fsdp=2,sequence=2",
-                     "--set", "model.depth=1", "--step", "grad", "--fast"])
+                     "--config.model.depth=1", "--step", "grad", "--fast"])
     out = capsys.readouterr().out
     assert "per device" in out and "all-to-all" in out and "temp" in out
-    with pytest.raises(ValueError, match="≠ 8 total devices"):
+    with pytest.raises(MeshError, match="≠ 8 total devices"):
         shardcheck.main(["--config", "configs/shapes_tiny.py:quick", "--mesh", "data=3"])

@@ -35,6 +35,15 @@ TINY = dict(depth=2, hidden_size=40, num_heads=5, caption_channels=20, model_max
 B, T, H, W = 3, 3, 6, 10
 
 
+
+def exit_code(main, argv) -> int:
+    """The exit status of a command line's ``main`` run as ``python -m`` runs it (vidjax.cli.run)."""
+    from vidjax import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.run("test", main, argv)
+    return e.value.code
+
 def rel_err(a, b) -> float:
     return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
 
@@ -230,7 +239,7 @@ def test_convert_cli_on_directories(torch_dir, tmp_path, capsys):
     d = inputs(seed=2)
     assert rel_err(run_ref(again, d), run_ref(torch_model, d)) == 0.0
     missing = _copy_dir(path, tmp_path / "missing", lambda sd: sd.pop("y_embedder.y_embedding"))
-    assert main([str(missing), "--out", str(tmp_path / "x")]) == 2
+    assert exit_code(main, [str(missing), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "y_embedder.y_embedding" in err and "missing" in err
 
@@ -574,5 +583,6 @@ def test_convert_cli_from_a_checkpoint_file_to_a_bf16_directory(torch_dir, tmp_p
     again = ref.STDiT3.from_pretrained(out).eval()  # bf16 tensors, strict
     d = inputs(seed=6)
     assert 1e-6 < rel_err(run_ref(again, d), run_ref(torch_model, d)) < 3e-2  # bf16 rounding of the weights
-    assert main([str(path / "model.safetensors"), "--model", "STDiT3-XL/2", "--out", str(tmp_path / "x")]) == 2
+    xl = [str(path / "model.safetensors"), "--model", "STDiT3-XL/2", "--out", str(tmp_path / "x")]
+    assert exit_code(main, xl) == 2
     assert "shape mismatches" in capsys.readouterr().err  # XL/2 sizes against the tiny file

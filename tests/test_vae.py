@@ -412,7 +412,7 @@ def test_build_vae_entries(tmp_path):
     assert sd.latent_channels == 4 and sd.micro_batch_size == 2 and sd.latent_shape(3, 64, 32) == (3, 8, 4)
     os_vae = nnx.eval_shape(lambda: build_vae(dict(type="opensora_vae", spatial=KL_TINY, temporal=TEMPORAL_TINY)))
     assert os_vae.latent_shape(51, 256, 256) == (15, 32, 32) and os_vae.latent_shape(408, 64, 64)[0] == 120
-    with pytest.raises(ValueError, match="vae type"):
+    with pytest.raises(ValueError, match="vae.type="):
         build_vae("vqgan")
     with pytest.raises(ValueError, match="unused keys"):
         build_vae(dict(type="raw", micro_frame_size=3, typo=1))

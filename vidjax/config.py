@@ -145,16 +145,17 @@ OVERRIDE_HELP = ("any config field: --config.SECTION.KEY=VALUE (e.g. --config.tr
                  "--config.model.patch='(1, 2, 2)'); a typo is an error that suggests the name")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    """``--config FILE[:VARIANT]`` (and, documented in the help, the ``--config.KEY=VALUE`` overrides)."""
-    parser.add_argument("--config", default=default, required=default is None, metavar="FILE[:VARIANT]",
+def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = None, required: bool = True) -> None:
+    """``--config FILE[:VARIANT]`` (and, documented in the help, the ``--config.KEY=VALUE`` overrides); with
+    ``required=False`` and no default the config is optional (:func:`parse_config_args` then returns None)."""
+    parser.add_argument("--config", default=default, required=required and default is None, metavar="FILE[:VARIANT]",
                         help="a config file, optionally with variants after a colon" +
                              (f" (default: {default})" if default else ""))
     parser.epilog = ((parser.epilog + "\n") if parser.epilog else "") + "Overrides: " + OVERRIDE_HELP
 
 
 def parse_config_args(parser: argparse.ArgumentParser,
-                      argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, ml_collections.ConfigDict]:
+                      argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, ml_collections.ConfigDict | None]:
     """Parse ``argv`` (default ``sys.argv[1:]``): the parser's own flags, ``--config`` and the overrides.
     Returns (namespace, config)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -172,6 +173,10 @@ def parse_config_args(parser: argparse.ArgumentParser,
             rest.append(arg)
         i += 1
     args = parser.parse_args(rest)
+    if args.config is None:
+        if overrides:
+            raise ConfigError(f"--config.{overrides[0]}: an override needs a --config file")
+        return args, None
     return args, load_config(args.config, overrides)
 
 

@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import argparse
 import ast
-import sys
 from pathlib import Path
 
 from flax import nnx
 
-from vidjax.errors import UserError
-from vidjax.interop.files import SELECT_CHOICES, CheckpointFormatError, read_checkpoint, write_opensora
-from vidjax.interop.torch_names import CheckpointMismatchError, check_state_dict, load_state_dict_into_stdit
+from vidjax import cli
+from vidjax.cli import check_writable
+from vidjax.errors import ConfigError, OutputError, UserError
+from vidjax.interop.files import SELECT_CHOICES, read_checkpoint, write_opensora
+from vidjax.interop.torch_names import check_state_dict, load_state_dict_into_stdit
 from vidjax.models.stdit import STDIT_SIZES, STDiT, stdit_config
 from vidjax.models.stdit3 import STDIT3_SIZES, STDiT3, stdit3_config
 
@@ -45,7 +46,7 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--set {item!r}: expected key=value")
+            raise ConfigError(f"--set {item!r}: expected key=value")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -92,7 +93,7 @@ def convert_v12(args: argparse.Namespace) -> str:
             return f"{source}: OpenSoraVAE_V1_2, {report.summary()}\nwrote {out}/model.safetensors + config.json"
         model, report = pretrained.stdit3_from_pretrained(source)
     else:
-        cfg = stdit3_config(args.model, **parse_overrides(args.set))
+        cfg = model_config(stdit3_config, args.model, args.set)
         model = nnx.eval_shape(lambda: STDiT3(cfg, rngs=nnx.Rngs(0)))
         report = load_state_dict_into_stdit(model, read_checkpoint(source, args.select,
                                                                    unsafe_pickle=args.unsafe_pickle))
@@ -101,35 +102,36 @@ def convert_v12(args: argparse.Namespace) -> str:
             f"wrote {out}/model.safetensors ({model.num_params():,} parameters, {args.dtype}) + config.json")
 
 
+def model_config(make, name: str | None, items: list[str]):
+    """``make(name, **overrides)`` (stdit_config / stdit3_config) with the ``--model`` / ``--set`` values; a value
+    the config refuses is a one-line error."""
+    try:
+        return make(name, **parse_overrides(items))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"--model {name} --set {' '.join(items) or '(none)'}: {err}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if Path(args.checkpoint).is_dir() or args.model in STDIT3_SIZES:
-        try:
-            print(convert_v12(args))
-        except (UserError, FileNotFoundError, ValueError, TypeError) as err:
-            print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-            return 2
+        print(convert_v12(args))
         return 0
     if not args.out.endswith(".safetensors"):
-        print(f"error: --out {args.out}: the output must be a .safetensors file", file=sys.stderr)
-        return 2
-    try:
-        cfg = stdit_config(args.model, **parse_overrides(args.set))
-        sd = read_checkpoint(args.checkpoint, args.select, unsafe_pickle=args.unsafe_pickle)
-        abstract = nnx.eval_shape(lambda: STDiT(cfg, rngs=nnx.Rngs(0)))
-        check_state_dict(abstract, sd, allow_missing=args.allow_missing)  # fail fast, before allocating
-        model = STDiT(cfg, rngs=nnx.Rngs(0))
-        report = load_state_dict_into_stdit(model, sd, allow_missing=args.allow_missing)
-        meta = write_opensora(model, args.out, tuple(args.input_size),
-                              info={"source": "vidjax.convert", "checkpoint": str(args.checkpoint),
-                                    "model_size": args.model, "import": report.summary()})
-    except (FileNotFoundError, CheckpointFormatError, CheckpointMismatchError, ValueError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise OutputError(f"--out {args.out}: the output must be a .safetensors file")
+    check_writable(args.out, what="--out")
+    cfg = model_config(stdit_config, args.model, args.set)
+    sd = read_checkpoint(args.checkpoint, args.select, unsafe_pickle=args.unsafe_pickle)
+    abstract = nnx.eval_shape(lambda: STDiT(cfg, rngs=nnx.Rngs(0)))
+    check_state_dict(abstract, sd, allow_missing=args.allow_missing)  # fail fast, before allocating
+    model = STDiT(cfg, rngs=nnx.Rngs(0))
+    report = load_state_dict_into_stdit(model, sd, allow_missing=args.allow_missing)
+    meta = write_opensora(model, args.out, tuple(args.input_size),
+                          info={"source": "vidjax.convert", "checkpoint": str(args.checkpoint),
+                                "model_size": args.model, "import": report.summary()})
     print(f"{args.checkpoint}: {report.summary()}")
     print(f"wrote {args.out}: {meta['num_tensors']} tensors, {meta['num_elements']:,} elements")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run("vidjax.convert", main)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
 # bf16 dense peak TFLOP/s per chip (see shared reference notes: vendor specs)
 CHIP_PEAK_TFLOPS = {"h100": 989.4, "h800": 989.4, "a100": 312.0, "v5p": 459.0, "v6e": 918.0, "v5e": 197.0,
@@ -72,9 +71,11 @@ def estimate(depth: int, hidden: int, frames: int, height: int, width: int, patc
                     N, 3.0 * fwd, depth * quad / fwd)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    from vidjax.config import add_config_arguments, parse_config_args
+
     p = argparse.ArgumentParser(prog="python -m vidjax.estimate", description=__doc__.split("\n")[1])
-    p.add_argument("--config", help="a vidjax config file, optionally file.py:variant (reads model, data, vae, train)")
+    add_config_arguments(p, required=False)  # optional: reads model, data, vae, train
     p.add_argument("--model", default=None, help="a named size, e.g. STDiT-XL/2 (overrides --config's)")
     p.add_argument("--frames", type=int, help="latent frames")
     p.add_argument("--height", type=int, help="latent height")
@@ -85,16 +86,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chips", type=int, default=8)
     p.add_argument("--mfu", type=float, default=0.3, help="assumed model FLOPs utilisation")
     p.add_argument("--dollars_per_chip_hour", type=float, default=0.0)
-    a = p.parse_args(argv)
+    a, c = parse_config_args(p, argv)
 
     from vidjax.models.stdit import STDIT_SIZES
 
     dims = dict(depth=28, hidden=1152, patch=(1, 2, 2), caption_len=120, caption_channels=4096, in_channels=4)
     frames, height, width, batch, steps = 16, 32, 32, 8, 1000
-    if a.config:
-        from vidjax.config import load_config
-
-        c = load_config(a.config)
+    if c is not None:
         m = c.model
         base = dict(STDIT_SIZES[m.size]) if m.get("size") else {}
         dims.update(depth=base.get("depth", m.depth), hidden=base.get("hidden", m.hidden),
@@ -128,11 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     if a.dollars_per_chip_hour:
         line += f", ${hours * a.chips * a.dollars_per_chip_hour:,.0f}"
     print(line)
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (OSError, KeyError, ValueError) as err:
-        print(f"vidjax.estimate: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    from vidjax import cli
+
+    cli.run("vidjax.estimate", main)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidjax.errors import InputError
+from vidjax.errors import ConfigError, InputError, MissingFileError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -34,7 +34,7 @@ def read_checkpoint(path: str | Path, select: str = "auto", *, unsafe_pickle: bo
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise MissingFileError(f"{path}: no such checkpoint file")
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         return _read_safetensors(path)
@@ -78,7 +78,7 @@ def _read_torch(path: Path, unsafe_pickle: bool):
 def select_state_dict(obj, select: str = "auto", *, source: str = "checkpoint") -> dict[str, np.ndarray]:
     """Pick the state_dict out of a loaded training checkpoint and turn tensors into numpy."""
     if select not in SELECT_CHOICES:
-        raise ValueError(f"select={select!r}; expected one of {SELECT_CHOICES}")
+        raise ConfigError(f"select={select!r}; expected one of {SELECT_CHOICES}")
     if not isinstance(obj, Mapping):
         raise CheckpointFormatError(f"{source}: holds a {type(obj).__name__}, not a state_dict")
     keys = [k for k in obj if isinstance(obj[k], Mapping)]

@@ -1,7 +1,7 @@
 """How does a config sit on a mesh? Memory per device and the collectives of one train step.
 
     python -m vidjax.tools.shardcheck --config configs/shapes_tiny.py:quick --mesh data=2,fsdp=2,sequence=2
-    python -m vidjax.tools.shardcheck --config configs/shapes_tiny.py:pixels --mesh fsdp=8 --set data.frames=32 \
+    python -m vidjax.tools.shardcheck --config configs/shapes_tiny.py:pixels --mesh fsdp=8 --config.data.frames=32 \
         --json out.json
 
 Nothing is allocated or run: the model is built abstractly (``nnx.eval_shape``), the train step of
@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 from typing import Any
 
 
@@ -54,30 +53,6 @@ class StepReport:
         return {"mesh": self.mesh, "params_total": self.params_total, "params_per_device": self.params_per_device,
                 "opt_total": self.opt_total, "opt_per_device": self.opt_per_device, "memory": self.memory,
                 "collectives": self.summary()}
-
-
-def load_config(spec: str, overrides: list[str] | tuple[str, ...] = ()):
-    """``path.py[:arg]`` plus ``section.key=value`` overrides (values parsed as Python literals when possible)."""
-    import ast
-
-    from vidjax.config import load_config_module
-
-    path, _, arg = spec.partition(":")
-    config = load_config_module(path).get_config(*([arg] if arg else []))
-    for item in overrides:
-        key, _, text = item.partition("=")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"--set {key}: no such config field")
-        node[leaf] = value
-    return config
 
 
 def analyze(config, mesh, *, step: str = "train", compiler_options: dict | None = None) -> StepReport:
@@ -175,17 +150,17 @@ def _mesh_devices(mesh_text: str) -> int | None:
     return None if not sizes or any(s == -1 for s in sizes) else math.prod(sizes)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    from vidjax.config import add_config_arguments, parse_config_args
+
     p = argparse.ArgumentParser(prog="python -m vidjax.tools.shardcheck", description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="configs/shapes_tiny.py:pixels", help="config file, optionally path.py:arg")
+    add_config_arguments(p, default="configs/shapes_tiny.py:pixels")
     p.add_argument("--mesh", default="", help="mesh sizes, e.g. data=2,fsdp=2,sequence=2 (default: config.mesh)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, repeatable (e.g. model.depth=2, data.frames=32)")
     p.add_argument("--step", default="train", choices=("train", "grad"))
     p.add_argument("--devices", type=int, default=0, help="host devices to create on CPU (default: the mesh's)")
     p.add_argument("--json", default="", help="also write the report as JSON here")
     p.add_argument("--fast", action="store_true", help="compile without LLVM optimisation (same HLO, faster)")
-    a = p.parse_args(argv)
+    a, config = parse_config_args(p, argv)
 
     n = a.devices or _mesh_devices(a.mesh)
     if n and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -196,7 +171,6 @@ def main(argv: list[str] | None = None) -> None:
     import vidjax  # noqa: F401
     from vidjax.parallel.mesh import make_mesh, parse_mesh
 
-    config = load_config(a.config, a.set)
     mesh = make_mesh(config, **parse_mesh(a.mesh))
     report = analyze(config, mesh, step=a.step,
                      compiler_options={"xla_backend_optimization_level": 0} if a.fast else None)
@@ -204,12 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report.to_json(), f, indent=2)
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (OSError, KeyError, ValueError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"vidjax.tools.shardcheck: error: {msg}", file=sys.stderr)
-        sys.exit(2)
+    from vidjax import cli
+
+    cli.run("vidjax.tools.shardcheck", main)

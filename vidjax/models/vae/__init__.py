@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vidjax.errors import ConfigError, InputError, MissingFileError
 from vidjax.models.vae.kl import (
     SD_VAE,
     AutoencoderKL,
@@ -111,7 +112,7 @@ def _entry(config: Any) -> dict[str, Any]:
     if hasattr(config, "to_dict"):  # ml_collections.ConfigDict
         config = config.to_dict()
     if not isinstance(config, Mapping) or "type" not in config:
-        raise ValueError(f"vae config must be a name or a dict with 'type' (one of {VAE_TYPES}), got {config!r}")
+        raise ConfigError(f"vae config must be a name or a dict with 'type' (one of {VAE_TYPES}), got {config!r}")
     return dict(config)
 
 
@@ -121,7 +122,7 @@ def _dataclass(cls, overrides: Mapping[str, Any] | None, base=None, **extra):
     kw.update({k: v for k, v in extra.items() if v is not None})
     unknown = set(kw) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+        raise ConfigError(f"unknown {cls.__name__} fields {sorted(unknown)}")
     return dataclasses.replace(base, **kw) if base is not None else cls(**kw)
 
 
@@ -138,7 +139,7 @@ def _checkpoint_arch(c: Mapping[str, Any], before_stage0: bool = False) -> dict[
         from vidjax.config import load_config
 
         return _entry(load_config(c["train_config"]).vae)
-    raise FileNotFoundError(f"{saved}: not found, so the architecture of the VAE in vae.path is unknown "
+    raise MissingFileError(f"{saved}: not found, so the architecture of the VAE in vae.path is unknown "
                             "(train that VAE first, or give vae.arch)")
 
 
@@ -171,14 +172,14 @@ def build_vae(config: Any) -> VideoVAE:
         path, arch = c.pop("path"), c.pop("arch", None)
         c.pop("train_config", None)  # how vidjax.train makes the VAE when ``path`` has none (``prepare_vae``)
         if c:
-            raise ValueError(f"unused keys in the 'checkpoint' vae config: {sorted(c)}")
+            raise ConfigError(f"unused keys in the 'checkpoint' vae config: {sorted(c)}")
         arch = _checkpoint_arch({"path": path, "arch": arch})
         weights = os.path.join(path, VAE_WEIGHTS_DIR)
         arch.update(checkpoint=weights if os.path.isdir(weights) else path,
                     checkpoint_item=item or arch.get("checkpoint_item"))
         return build_vae(arch)
     if kind not in VAE_TYPES:
-        raise ValueError(f"vae type {kind!r}; expected one of {VAE_TYPES}")
+        raise ConfigError(f"vae.type={kind!r}; expected one of {VAE_TYPES}")
 
     model_kw = c.pop("model", None)
     if kind == "sd_vae" and pretrained:
@@ -205,16 +206,16 @@ def build_vae(config: Any) -> VideoVAE:
             return VQVAE(_dataclass(VQVAEConfig, model_kw, dtype=dtype), rngs=rngs)
 
         if c:
-            raise ValueError(f"unused keys in the {kind!r} vae config: {sorted(c)}")
+            raise ConfigError(f"unused keys in the {kind!r} vae config: {sorted(c)}")
         model = nnx.eval_shape(make) if pretrained or checkpoint else make()
         if pretrained:
             if kind != "causal_vae":
-                raise ValueError(f"from_pretrained is for sd_vae, opensora_vae and causal_vae, not {kind!r}")
+                raise ConfigError(f"vae.from_pretrained is for sd_vae, opensora_vae and causal_vae, not {kind!r}")
             from vidjax.models.vae.convert import read_safetensors, resolve_file
 
             load_opensora_state_dict(model, read_safetensors(resolve_file(pretrained, ("model.safetensors",))))
     if c:
-        raise ValueError(f"unused keys in the {kind!r} vae config: {sorted(c)}")
+        raise ConfigError(f"unused keys in the {kind!r} vae config: {sorted(c)}")
     if checkpoint:
         restore_vae_weights(model, checkpoint, item=item)
     return model
@@ -252,7 +253,7 @@ def restore_vae_weights(model: nnx.Module, path: str, *, item: str | None = None
     nnx.replace_by_pure_dict(state, tree)
     missing = [k for k, v in nnx.to_flat_state(state) if isinstance(v.value, jax.ShapeDtypeStruct)]
     if missing:
-        raise ValueError(f"{path} lacks {len(missing)} of the model's tensors, e.g. {missing[:4]}")
+        raise InputError(f"{path} lacks {len(missing)} of the model's tensors, e.g. {missing[:4]}")
     nnx.update(model, state)
 
 
