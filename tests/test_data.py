@@ -73,10 +73,26 @@ def test_caption_formats(tmp_path, fmt):
     assert recs[0].path == tmp_path / "a.mp4" and recs[0].captions[0] == "x"
 
 
+@pytest.mark.parametrize("header", ["path,caption", "file,text", "video,captions", "id,text,path", ""])
+def test_csv_header_is_detected_not_read_as_data(tmp_path, header):
+    rows = [["a.mp4", "a red circle"], ["b.mp4", "a blue square"]]
+    if header.startswith("id"):
+        body = "".join(f"{i},{t},{p}\n" for i, (p, t) in enumerate(rows))
+    else:
+        body = "".join(f"{p},{t}\n" for p, t in rows)
+    (tmp_path / "c.csv").write_text((header + "\n" if header else "") + body)
+    recs = load_captions(tmp_path / "c.csv")
+    assert [(r.path.name, r.captions) for r in recs] == [("a.mp4", ("a red circle",)), ("b.mp4", ("a blue square",))]
+
+
 def test_caption_errors_name_file_and_field(tmp_path):
     (tmp_path / "c.jsonl").write_text(json.dumps({"file": "missing.mp4", "captions": ["x"]}) + "\n")
     with pytest.raises(CaptionFileError, match="missing.mp4.*does not exist"):
-        load_captions(tmp_path / "c.jsonl")
+        load_captions(tmp_path / "c.jsonl", check_files=True)
+    assert load_captions(tmp_path / "c.jsonl")[0].path.name == "missing.mp4"  # kept: the loader lists it
+    (tmp_path / "latin1.csv").write_bytes("a.mp4,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(CaptionFileError, match="latin1.csv: not UTF-8"):
+        load_captions(tmp_path / "latin1.csv")
     (tmp_path / "d.jsonl").write_text(json.dumps({"file": "a.mp4", "captions": []}) + "\n")
     with pytest.raises(CaptionFileError, match=r"d.jsonl:1: expected 'captions'"):
         load_captions(tmp_path / "d.jsonl", check_files=False)

@@ -351,7 +351,7 @@ def test_resolution_not_divisible_by_patch(tmp_path):
     assert r.returncode == 2 and "not divisible by the patch size" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_corrupt_clip_skipped_training_continues(full_run, tmp_path):
+def test_corrupt_and_missing_clips_skipped_training_continues(full_run, tmp_path):
     _, c, _ = full_run
     data = Path(c.data.root)
     lines = (data / "captions.jsonl").read_text().splitlines()[:16]
@@ -361,12 +361,14 @@ def test_corrupt_clip_skipped_training_continues(full_run, tmp_path):
     for r in rows:
         r["file"] = str(data / r["file"])
     rows.append({"file": str(bad), "captions": ["a red square moving up"]})
+    rows.append({"file": str(tmp_path / "nope.mp4"), "captions": ["a red square moving down"]})  # no such file
     cap = tmp_path / "captions.jsonl"
     cap.write_text("".join(json.dumps(r) + "\n" for r in rows))
     c2 = quick_config(tmp_path, **{"data.captions": str(cap), "train.steps": 2, "sample.num_prompts": 0})
     summary = run(c2, tmp_path / "w")
     assert summary["steps"] == 2
-    assert str(bad) in (tmp_path / "w" / "skipped_clips.txt").read_text()
+    skipped = (tmp_path / "w" / "skipped_clips.txt").read_text()
+    assert str(bad) in skipped and f"{tmp_path / 'nope.mp4'}\t" in skipped and "not found" in skipped
 
 
 def test_sample_cli_from_workdir(full_run, tmp_path):

@@ -3,7 +3,11 @@
 Accepted formats (paths are relative to the caption file's folder, or to ``video_root``):
   * JSON:  ``[{"file": "a.mp4", "captions": ["...", ...]}, ...]``  (``"path"``/``"text"`` also work)
   * JSONL: one such object per line
-  * CSV:   a header with ``path`` and ``text`` columns (Open-Sora), or no header: ``path,caption``
+  * CSV:   a header naming the video column (``path``, ``file`` or ``video``) and the caption column (``text``,
+           ``caption`` or ``captions``), as Open-Sora's tables do; or no header: ``path,caption`` rows
+
+A row naming a video that does not exist is kept: the loader's probe lists it with the reason and trains on
+the rest (``load_captions(..., check_files=True)`` makes it an error instead).
 """
 
 from __future__ import annotations
@@ -38,13 +42,27 @@ def _record(obj: dict, where: str, base: Path) -> Record:
     return Record(base / file, tuple(caps))
 
 
-def load_captions(path: str | Path, video_root: str | Path | None = None, check_files: bool = True) -> list[Record]:
+PATH_COLUMNS, TEXT_COLUMNS = ("path", "file", "video"), ("text", "caption", "captions")
+
+
+def _csv_columns(header: list[str]) -> tuple[int, int] | None:
+    """(path column, caption column) when ``header`` is a header row, else None."""
+    names = [h.strip().lower() for h in header]
+    ip = next((names.index(c) for c in PATH_COLUMNS if c in names), None)
+    it = next((names.index(c) for c in TEXT_COLUMNS if c in names), None)
+    return None if ip is None or it is None else (ip, it)
+
+
+def load_captions(path: str | Path, video_root: str | Path | None = None, check_files: bool = False) -> list[Record]:
     """Parse a caption file into records. With ``check_files``, a missing video is an error naming it."""
     path = Path(path)
     if not path.is_file():
         raise CaptionFileError(f"{path}: caption file not found")
     base = Path(video_root) if video_root is not None else path.parent
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CaptionFileError(f"{path}: not UTF-8 text (byte {e.start}); save the caption file as UTF-8") from None
     records: list[Record] = []
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
@@ -65,9 +83,9 @@ def load_captions(path: str | Path, video_root: str | Path | None = None, check_
         records = [_record(o, f"{path}[{i}]", base) for i, o in enumerate(data)]
     elif suffix == ".csv":
         rows = list(csv.reader(text.splitlines()))
-        if rows and "path" in rows[0] and "text" in rows[0]:
-            header, rows = rows[0], rows[1:]
-            ip, it = header.index("path"), header.index("text")
+        columns = _csv_columns(rows[0]) if rows else None
+        if columns is not None:
+            (ip, it), rows = columns, rows[1:]
         else:
             ip, it = 0, 1
         for n, row in enumerate(rows, 1):
