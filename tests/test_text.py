@@ -472,8 +472,12 @@ def test_encode_text_cli(hf_clip, clip_prompts_ref, tmp_path, capsys):
         assert f["y"].shape == (3, 16, 32) and f["pooled"].shape == (3, 32) and list(f["prompts"]) == PROMPTS
         np.testing.assert_array_equal(f["mask"], ref_mask)
         assert rel_err(f["y"], ref_y) <= TOL and rel_err(f["pooled"], ref_pooled) <= TOL
+    from vidjax import cli
+
+    capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        main(["--encoder", str(tmp_path / "missing"), "--prompts", str(prompts), "--out", str(out)])
+        cli.run("vidjax.encode_text", main, ["--encoder", str(tmp_path / "missing"), "--prompts", str(prompts),
+                                             "--out", str(out)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "missing" in err
     with pytest.raises(SystemExit) as e:

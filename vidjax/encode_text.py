@@ -9,10 +9,12 @@ tokenizer files unless ``--tokenizer`` points elsewhere). The prompts file has o
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from vidjax import cli
+from vidjax.cli import check_writable
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -34,25 +36,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, a = parse_args(argv)
+    _, a = parse_args(argv)
     from vidjax.models.text.conditioner import build_text_conditioner, model_kind
-    from vidjax.models.text.hf_weights import CheckpointError
-    from vidjax.models.text.tokenize import TokenizerError
+    from vidjax.sample import read_prompts
 
-    try:
-        prompts_path = Path(a.prompts)
-        if not prompts_path.is_file():
-            raise FileNotFoundError(f"{prompts_path}: prompts file not found")
-        prompts = [ln.strip() for ln in prompts_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if not prompts:
-            raise ValueError(f"{prompts_path}: no prompts (the file is empty)")
-        kind = model_kind(a.encoder) if a.kind == "auto" else a.kind
-        cond = build_text_conditioner(dict(encoder=kind, path=a.encoder, tokenizer_path=a.tokenizer,
-                                           max_length=a.max_length, clean_caption=a.clean, dtype=a.dtype,
-                                           batch_size=a.batch_size, cache_dir=a.cache_dir))
-        y, mask, pooled = cond.encode(prompts)
-    except (CheckpointError, TokenizerError, FileNotFoundError, ValueError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    prompts = read_prompts(a.prompts)
+    check_writable(a.out, what="--out")
+    kind = model_kind(a.encoder) if a.kind == "auto" else a.kind
+    cond = build_text_conditioner(dict(encoder=kind, path=a.encoder, tokenizer_path=a.tokenizer,
+                                       max_length=a.max_length, clean_caption=a.clean, dtype=a.dtype,
+                                       batch_size=a.batch_size, cache_dir=a.cache_dir))
+    y, mask, pooled = cond.encode(prompts)
     out = dict(y=np.asarray(y), mask=np.asarray(mask), prompts=np.array(prompts), encoder_id=np.array(cond.encoder_id))
     if pooled is not None:
         out["pooled"] = np.asarray(pooled)
@@ -64,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run("vidjax.encode_text", main)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vidjax.errors import ConfigError, InputError
 from vidjax.models.text.hf_weights import checkpoint_files, read_config
 
 Array = jax.Array
@@ -57,7 +58,7 @@ class TextConditioner:
                  pooled_dim: int | None = None, cache_dir: str | Path | None = None, batch_size: int | None = None,
                  cache_dtype: str = "float32"):
         if kind not in KINDS:
-            raise ValueError(f"text.encoder={kind!r}; expected one of {KINDS}")
+            raise ConfigError(f"text.encoder={kind!r}; expected one of {KINDS}")
         if cache_dir and kind == "trainable":
             raise ValueError("text.cache_dir: a trainable text encoder changes during training; its outputs "
                              "cannot be cached")
@@ -171,7 +172,7 @@ def model_kind(directory: str | Path) -> str:
     model_type = read_config(directory).get("model_type")
     kinds = {"t5": "t5", "mt5": "t5", "clip": "clip", "clip_text_model": "clip"}
     if model_type not in kinds:
-        raise ValueError(f"{Path(directory) / 'config.json'}: model_type {model_type!r} is neither T5 nor CLIP")
+        raise InputError(f"{Path(directory) / 'config.json'}: model_type {model_type!r} is neither T5 nor CLIP")
     return kinds[model_type]
 
 
@@ -185,7 +186,7 @@ def build_text_conditioner(config: Any, *, mesh: jax.sharding.Mesh | None = None
     text = _get(config, "text", config)
     kind = _get(text, "encoder")
     if kind not in KINDS:
-        raise ValueError(f"text.encoder={kind!r}; expected one of {KINDS}")
+        raise ConfigError(f"text.encoder={kind!r}; expected one of {KINDS}")
     if kind == "trainable":
         from vidjax.models.text.trainable import HashTokenizer, TrainableTextEncoder
 
@@ -200,7 +201,8 @@ def build_text_conditioner(config: Any, *, mesh: jax.sharding.Mesh | None = None
 
     path = _get(text, "path")
     if not path:
-        raise ValueError(f"text.path: a Hugging Face checkpoint directory is required for text.encoder={kind!r}")
+        raise ConfigError(f"config.text.path: a Hugging Face checkpoint directory is required for "
+                          f"text.encoder={kind!r}")
     max_length = _get(text, "max_length") or DEFAULT_MAX_LENGTH[kind]
     clean = _get(text, "clean_caption", kind == "t5")
     tokenizer = load_text_tokenizer(_get(text, "tokenizer_path") or path, kind, max_length, clean=clean)
