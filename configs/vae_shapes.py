@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         ),
     ))
 
-    # per-pixel loss weights (see vidjax/train_vae.py)
+    # per-pixel loss weights (see vidjax/training/vae.py)
     c.loss = ConfigDict(dict(
         l1=0.0,
         l2=1.0,

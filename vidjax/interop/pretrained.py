@@ -29,8 +29,8 @@ from vidjax.interop.files import read_checkpoint, save_safetensors
 from vidjax.interop.torch_names import (
     CheckpointMismatchError,
     ImportReport,
-    group_names,
     load_state_dict_into_stdit,
+    mismatch_message,
     stdit3_to_state_dict,
 )
 from vidjax.models.stdit3 import STDiT3, STDiT3Config, config_from_opensora
@@ -91,20 +91,6 @@ def read_weights(path: str | Path) -> dict[str, np.ndarray]:
             sd.update(read_checkpoint(path / shard))
         return sd
     raise MissingFileError(f"{path / WEIGHTS}: missing")
-
-
-def mismatch_message(what: str, missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
-    """The v1.0 import report's lines for a failed strict load."""
-    lines = [f"checkpoint does not match {what}:"]
-    if missing:
-        lines.append(f"  {len(missing)} missing keys: {group_names(missing)}")
-    if unexpected:
-        lines.append(f"  {len(unexpected)} unexpected keys: {group_names(unexpected)}")
-    if mismatched:
-        lines.append(f"  {len(mismatched)} shape mismatches (is the model size right?):")
-        lines += [f"    {m}" for m in mismatched[:20]]
-        lines += [f"    … {len(mismatched) - 20} more"] if len(mismatched) > 20 else []
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------

@@ -251,6 +251,20 @@ def group_names(names: list[str], limit: int = 12) -> str:
     return ", ".join(parts[:limit]) + more
 
 
+def mismatch_message(what: str, missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    """The v1.0 import report's lines for a failed strict load."""
+    lines = [f"checkpoint does not match {what}:"]
+    if missing:
+        lines.append(f"  {len(missing)} missing keys: {group_names(missing)}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected keys: {group_names(unexpected)}")
+    if mismatched:
+        lines.append(f"  {len(mismatched)} shape mismatches (is the model size right?):")
+        lines += [f"    {m}" for m in mismatched[:20]]
+        lines += [f"    … {len(mismatched) - 20} more"] if len(mismatched) > 20 else []
+    return "\n".join(lines)
+
+
 def _is_optional(name: str) -> str | None:
     for pattern, fill in OPTIONAL_KEYS.items():
         if re.search(pattern, name):
@@ -302,15 +316,7 @@ def check_state_dict(model: STDiT, state_dict: Mapping[str, np.ndarray], *,
                                   for n in shapes if n in sd and tuple(sd[n].shape) != shapes[n]]
     not_allowed = [n for n in missing if not (allow_missing and _is_optional(n))]
     if unexpected or mismatched or not_allowed:
-        lines = [f"checkpoint does not match {_describe(model)}:"]
-        if not_allowed:
-            lines.append(f"  {len(not_allowed)} missing keys: {group_names(not_allowed)}")
-        if unexpected:
-            lines.append(f"  {len(unexpected)} unexpected keys: {group_names(unexpected)}")
-        if mismatched:
-            lines.append(f"  {len(mismatched)} shape mismatches (is the model size right?):")
-            lines += [f"    {m}" for m in mismatched[:20]]
-            lines += [f"    … {len(mismatched) - 20} more"] if len(mismatched) > 20 else []
+        lines = mismatch_message(_describe(model), not_allowed, unexpected, mismatched).split("\n")
         optional = [n for n in not_allowed if _is_optional(n)]
         if optional and not allow_missing:
             lines.append(f"  {len(optional)} of the missing keys are expected for an image (PixArt-α) or v1.0 "
