@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # data: 8 frames of 32×32 pixels; generated into data.root when absent
     c.data = ConfigDict(dict(
         captions="",  # a caption file (JSON / JSONL / CSV) to train on instead of `shapes`
+        packed="",  # or a packed dataset (python -m vidjax.data pack) to train on
         video_root="",  # folder the caption file's paths are relative to (default: its own folder)
         root="data/shapes_8x32x32",
         num_clips=2000,

@@ -492,3 +492,29 @@ def test_export_sample_and_evaluate_work_from_any_folder(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     r = cli("--workdir", str(work), "--num_prompts", "4", module="vidjax.evaluate", cwd=b)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_training_reads_a_packed_dataset(tmp_path):
+    """shapes clips -> python -m vidjax.data ingest / pack -> data.packed: the loop trains on the shards (raw H.264
+    clips, VAE every step) and resumes its grain iterator from the checkpoint."""
+    from vidjax.data.pipeline.ingest import ingest
+    from vidjax.data.pipeline.pack import pack
+    from vidjax.data.shapes import generate
+
+    cap = generate(tmp_path / "shapes", num_clips=16, frames=8, height=32, width=32, progress=False)
+    ingest(cap, tmp_path / "videos.csv", progress=False)
+    pack(tmp_path / "videos.csv", tmp_path / "packed", buckets="8x32x32", shard_size=8, progress=False)
+    c = quick_config(tmp_path, **{"data.packed": str(tmp_path / "packed"), "train.steps": 4, "train.ckpt_every": 2,
+                                  "sample.num_prompts": 0})
+    summary = run(c, tmp_path / "w")
+    assert summary["steps"] == 4 and all(np.isfinite(v) for v in losses(tmp_path / "w").values())
+    assert not (tmp_path / "w" / "skipped_clips.txt").exists()  # the caption-file path was not used
+    shutil.rmtree(tmp_path / "w" / "checkpoints" / "4")  # resume from step 2: the same batches again
+    c2 = quick_config(tmp_path, **{"data.packed": str(tmp_path / "packed"), "train.steps": 4, "train.ckpt_every": 2,
+                                   "sample.num_prompts": 0})
+    full = losses(tmp_path / "w")
+    resumed = run(c2, tmp_path / "w")
+    assert resumed["resumed_from"] == 2 and losses(tmp_path / "w") == pytest.approx(full, rel=1e-6)
+    bad = quick_config(tmp_path, **{"data.packed": str(tmp_path / "packed"), "data.height": 64})
+    with pytest.raises(ConfigError, match="do not include the training size"):
+        run(bad, tmp_path / "w3")

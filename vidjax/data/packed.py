@@ -82,6 +82,14 @@ class _Subset:
         return self.source[int(self.indices[i])]
 
 
+def packed_captions(path: str | os.PathLike) -> list[str]:
+    """Every record's caption, from the pack's table (for a frozen text encoder's cache before training)."""
+    _, table = _resolve(path)
+    if table is None:
+        raise MissingFileError(f"{path}: no packed.csv next to the TFDS dataset, so its captions are unknown")
+    return [str(r["text"]) for r in read_table(table)]
+
+
 def decode_record(rec: dict) -> dict:
     """A stored record -> an example: ``video`` uint8 ``[T, H, W, 3]`` (or ``latent``, ``y``, ``mask``) and
     ``caption`` str."""

@@ -189,9 +189,43 @@ class DiffusionTask:
 
     # ---- data, model, step ----
     def setup(self, run: loop.Run) -> loop.Setup:
-        config, workdir, mesh, primary = self.config, run.workdir, run.mesh, run.primary
+        config, workdir, mesh = self.config, run.workdir, run.mesh
         d, t = config.data, config.train
         text = self._text(workdir)  # a missing encoder directory stops here, before any data work
+        self.vae = vae = build_vae(config.vae)
+        check_parallel(config, mesh, vae)
+        self.text_fn = text
+        if d.get("packed"):
+            source, transform = None, None
+            dataset, key = self._packed(d, text, run.progress)
+        else:
+            source, transform, key = self._clips(run, text, vae)
+            dataset = None
+        model = build_model(config, nnx.Rngs(config.seed), latent_channels=vae.latent_channels)
+        if t.init_from:  # PixArt-α / Open-Sora / exported weights; a resume overwrites them
+            from vidjax.interop import load_pretrained
+
+            load_pretrained(model.dit, t.init_from, allow_missing=t.init_allow_missing)
+            log.info("initialised the denoiser from %s", t.init_from)
+        self.diffusion = diffusion = build_diffusion(config.diffusion)
+        tx = make_optimizer(t)
+        self.parts = parts = ModelParts(model, trainable(model))
+        state, shardings = initial_state(parts, tx, mesh)
+        step = make_train_step(parts, tx, diffusion, vae, t)
+        latent = vae.latent_shape(d.frames, d.height, d.width)
+        ndims = {key: 5, **{k: 3 if k == "y" else 2 for k in text.keys}}
+        n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(parts.params))
+        tokens, flops = self._tokens_and_flops(model.dit.cfg, latent, vae.latent_channels, text.max_length,
+                                               text.dim)
+        return loop.Setup(state=state, shardings=shardings, step=step, source=source, transform=transform,
+                          dataset=dataset,
+                          batch_ndims=ndims, eval_every=config.sample.get("eval_every", 0), params=n_params,
+                          tokens_per_sample=tokens, flops_per_sample=flops)
+
+    def _clips(self, run: loop.Run, text, vae):
+        """(grain source, per-example transform, video key) of the caption file's (or ``shapes``') clips: probed
+        (unreadable and missing clips listed), with latent precompute and the frozen encoder's caption cache."""
+        config, workdir, primary, d = self.config, run.workdir, run.primary, self.config.data
         if not primary:  # the first process generates the built-in set, then every process reads it
             distributed.barrier("data_ready")
         records = prepare_records(config, run.progress)
@@ -202,8 +236,6 @@ class DiffusionTask:
                                                 keep_decoded=d.cache_in_memory, progress=run.progress)
         if skipped and primary:
             print(f"skipped {len(skipped)} unreadable clip(s); see {workdir / 'skipped_clips.txt'}", file=sys.stderr)
-        self.vae = vae = build_vae(config.vae)
-        check_parallel(config, mesh, vae)
         source = VideoSource(records, clips)
         if d.get("cache_latents", False) and config.vae.type != "raw":
             if clips is None:
@@ -218,28 +250,38 @@ class DiffusionTask:
                          time.time() - t_enc)
         if text.frozen:
             text.precompute(sorted({c for r in records for c in r.captions}), progress=run.progress)
-        transform = make_transform(d.frames, d.height, d.width, text.for_loader, d.frame_interval)
-        self.text_fn = text
+        return source, make_transform(d.frames, d.height, d.width, text.for_loader, d.frame_interval), source.key
 
-        model = build_model(config, nnx.Rngs(config.seed), latent_channels=vae.latent_channels)
-        if t.init_from:  # PixArt-α / Open-Sora / exported weights; a resume overwrites them
-            from vidjax.interop import load_pretrained
+    def _packed(self, d, text, progress: bool):
+        """(batch maker, video key) of a packed dataset (``data.packed``, from ``python -m vidjax.data pack``):
+        raw clips (``video``) or latents (``latent`` with their own ``y`` / ``mask``); one bucket of the training
+        size."""
+        from vidjax.data.packed import make_packed_dataset, open_packed, packed_captions
 
-            load_pretrained(model.dit, t.init_from, allow_missing=t.init_allow_missing)
-            log.info("initialised the denoiser from %s", t.init_from)
-        self.diffusion = diffusion = build_diffusion(config.diffusion)
-        tx = make_optimizer(t)
-        self.parts = parts = ModelParts(model, trainable(model))
-        state, shardings = initial_state(parts, tx, mesh)
-        step = make_train_step(parts, tx, diffusion, vae, t)
-        latent = vae.latent_shape(d.frames, d.height, d.width)
-        ndims = {source.key: 5, **{k: 3 if k == "y" else 2 for k in text.keys}}
-        n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(parts.params))
-        tokens, flops = self._tokens_and_flops(model.dit.cfg, latent, vae.latent_channels, text.max_length,
-                                               text.dim)
-        return loop.Setup(state=state, shardings=shardings, step=step, source=source, transform=transform,
-                          batch_ndims=ndims, eval_every=config.sample.get("eval_every", 0), params=n_params,
-                          tokens_per_sample=tokens, flops_per_sample=flops)
+        _, buckets = open_packed(d.packed)
+        want = (d.frames, d.height, d.width)
+        sizes = sorted({tuple(int(v) for v in b) for b in buckets.tolist()})
+        if want not in sizes:
+            raise ConfigError(f"config.data.packed={d.packed}: its buckets {sizes} do not include the training size "
+                              f"config.data.frames/height/width = {want}")
+        first = next(iter(make_packed_dataset(d.packed, batch_size=1, seed=0)))
+        key = "latent" if "latent" in first else "video"
+        if text.frozen and key == "video":
+            text.precompute(sorted(set(packed_captions(d.packed))), progress=progress)
+        seed, workers = self.config.seed, int(d.get("num_workers", 0))
+
+        def to_model(batch: dict) -> dict:
+            out = {k: batch[k] for k in (key, "y", "mask") if k in batch}
+            if "y" not in out:  # raw clips: the captions through the model's text inputs
+                out.update(text.for_loader(batch["caption"].tolist()))
+            return out
+
+        def make(local_batch: int, index: int, count: int):
+            return make_packed_dataset(d.packed, batch_size=local_batch, seed=seed, shard_index=index,
+                                       shard_count=count, num_workers=workers,
+                                       num_threads=d.num_threads).map(to_model)
+
+        return make, key
 
     def _text(self, workdir: Path):
         config = self.config

@@ -81,8 +81,11 @@ class Setup:
     shardings: dict
     step: Callable
     source: Any
-    transform: Callable
+    transform: Callable | None
     batch_ndims: dict[str, int]
+    # instead of source + transform: make(local_batch, process_index, process_count) -> an iterable of this process's
+    # batches with a grain iterator state (packed shards, vidjax.data.packed)
+    dataset: Callable | None = None
     eval_every: int = 0
     params: int = 0
     tokens_per_sample: int = 0
@@ -293,7 +296,10 @@ def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
     setup = task.setup(run)
     B, seed = t.batch_size, config.seed
     shd.check_batch(B, mesh)
-    if jax.process_count() == 1:
+    if setup.dataset is not None:
+        start_row, stop_row = distributed.process_rows(mesh, B) if jax.process_count() > 1 else (0, B)
+        dataset = setup.dataset(stop_row - start_row, jax.process_index(), jax.process_count())
+    elif jax.process_count() == 1:
         dataset = make_dataset(setup.source, setup.transform, batch_size=B, seed=seed,
                                num_threads=config.data.num_threads)
     else:  # each process reads only the rows its devices hold
