@@ -477,11 +477,12 @@ def test_export_sample_and_evaluate_work_from_any_folder(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
-    r = cli("--config", f"{REPO / 'configs/shapes_tiny.py'}:quick", "--workdir=work", "--config.data.root=data",
-            "--config.train.steps=2", "--config.train.ckpt_every=2", "--config.progress=false",
-            "--config.vae.type=checkpoint", "--config.vae.path=vae_here",
-            f"--config.vae.train_config={REPO / 'configs/vae_shapes.py'}:quick", "--config.model.patch=(1, 1, 1)",
-            cwd=a)
+    r = cli("--config", str(REPO / "configs/shapes_tiny.py"), "--workdir=work", "--config.data.root=data",
+            "--config.data.num_clips=64", "--config.train.steps=2", "--config.train.ckpt_every=2",
+            "--config.train.batch_size=8", "--config.model.depth=2", "--config.model.hidden=64",
+            "--config.progress=false", "--config.sample.num_prompts=4", "--config.sample.batch_size=4",
+            "--config.sample.eval_every=0", "--config.diffusion.sample_steps=4", "--config.vae.path=vae_here",
+            f"--config.vae.train_config={REPO / 'configs/vae_shapes.py'}:quick", cwd=a)
     assert r.returncode == 0, r.stderr[-3000:]
     work = a / "work"
     r = cli("--workdir", str(work), "--ema", "--out", "m.safetensors", module="vidjax.export", cwd=b)

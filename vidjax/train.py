@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="output folder (default: runs/<config name>)")
     args, config = parse_config_args(parser, argv)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax is chatty at INFO
+    logging.getLogger("vidjax").propagate = False  # the console has the progress bar and one-line messages;
+    # train.log has every record
     from vidjax.parallel import distributed
 
     if distributed.initialize(config):  # before any JAX computation

@@ -10,7 +10,6 @@ CLIs: ``python -m vidjax.export`` and ``python -m vidjax.convert``.
 
 from vidjax.interop.files import (
     CheckpointFormatError,
-    load_pretrained,
     read_checkpoint,
     save_safetensors,
     select_state_dict,
@@ -18,6 +17,7 @@ from vidjax.interop.files import (
 )
 from vidjax.interop.pretrained import (
     from_pretrained,
+    load_pretrained,
     load_pretrained_dir,
     save_stdit3_pretrained,
     save_vae_pretrained,

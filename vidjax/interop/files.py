@@ -159,22 +159,3 @@ def write_opensora(model, out: str | Path, input_size: tuple[int, int, int], *, 
     save_safetensors(sd, out, {"vidjax": meta})
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
-
-
-def load_pretrained(model, path: str | Path, *, select: str = "auto", allow_missing: bool = False,
-                    unsafe_pickle: bool = False):
-    """Read a checkpoint into ``model`` in place and return the ``ImportReport``.
-
-    A file: PixArt-α / Open-Sora v1.0 / vidjax-exported weights into an STDiT, or v1.2 weights into an
-    STDiT3. A directory: a published v1.2 model (``config.json`` + ``model.safetensors``, see
-    ``vidjax.interop.pretrained``) into an STDiT3 or the v1.2 VAE, strictly.
-    """
-    from vidjax.interop.torch_names import load_state_dict_into_stdit
-
-    if Path(path).is_dir():
-        from vidjax.interop.pretrained import load_pretrained_dir
-
-        return load_pretrained_dir(model, path)
-
-    sd = read_checkpoint(path, select, unsafe_pickle=unsafe_pickle)
-    return load_state_dict_into_stdit(model, sd, allow_missing=allow_missing)

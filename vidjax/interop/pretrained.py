@@ -259,6 +259,21 @@ def load_pretrained_dir(model, path: str | Path) -> ImportReport:
     return load_vae_dir(model, path)
 
 
+def load_pretrained(model, path: str | Path, *, select: str = "auto", allow_missing: bool = False,
+                    unsafe_pickle: bool = False):
+    """Read a checkpoint into ``model`` in place and return the ``ImportReport``.
+
+    A file: PixArt-α / Open-Sora v1.0 / vidjax-exported weights into an STDiT, or v1.2 weights into an
+    STDiT3. A directory: a published v1.2 model (``config.json`` + ``model.safetensors``, see
+    ``vidjax.interop.pretrained``) into an STDiT3 or the v1.2 VAE, strictly.
+    """
+    if Path(path).is_dir():
+        return load_pretrained_dir(model, path)
+
+    sd = read_checkpoint(path, select, unsafe_pickle=unsafe_pickle)
+    return load_state_dict_into_stdit(model, sd, allow_missing=allow_missing)
+
+
 __all__ = ["read_config", "read_weights", "model_type", "stdit3_config_of", "load_stdit3_dir",
            "stdit3_from_pretrained", "save_stdit3_pretrained", "check_vae_state_dict", "load_vae_dir",
-           "vae_from_pretrained", "save_vae_pretrained", "from_pretrained", "load_pretrained_dir", "mismatch_message"]
+           "vae_from_pretrained", "save_vae_pretrained", "from_pretrained", "load_pretrained_dir", "load_pretrained"]

@@ -144,7 +144,6 @@ def setup_logging(workdir: Path) -> None:
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(fh)
     root.setLevel(logging.INFO)
-    root.propagate = False  # the console shows the progress bar and one-line messages; train.log has it all
 
 
 class Preemption:
