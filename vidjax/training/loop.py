@@ -377,9 +377,11 @@ def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
                         if streak >= max_bad:
                             raise TrainingDiverged(
                                 f"{streak} steps in a row (up to step {r['step']}) had a non-finite loss or gradient "
-                                f"and were skipped; the weights and checkpoints are unchanged since step "
-                                f"{r['step'] - streak}. Lower config.train.lr (now {t.lr}) or raise "
-                                f"config.train.grad_clip / check the data, then rerun to resume")
+                                f"and were skipped, so the weights and checkpoints are those of step "
+                                f"{r['step'] - streak}. Lower config.train.lr (now {t.lr}) or check the data, then "
+                                "rerun to resume from them; if those weights are already blown up (finite but huge "
+                                "after a far too large step), start in a new --workdir or from an earlier step kept "
+                                "with config.train.keep_every")
                     last = rows[-1]
                     bar.set_postfix(loss=f"{last['loss']:.4f}", steps_per_s=f"{throughput['steps_per_s']:.2f}")
                     bar.update(len(pending))
