@@ -117,10 +117,28 @@ def _latent_encoders(a):
         vae_cfg = json.loads(a.vae)
     except json.JSONDecodeError as e:
         raise ConfigError(f"--vae: expected a JSON vae config entry ({e.msg})") from None
+    from vidjax.parallel.mesh import make_mesh
+    from vidjax.parallel.sharding import batch_sharding, batch_shards
+
+    # the encoder runs data-parallel over every local device: the VAE replicated, each batch split across devices
+    mesh = make_mesh()
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     graphdef, state = nnx.split(build_vae(vae_cfg))
-    jitted = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))
+    state = jax.device_put(state, replicated)
+    split = batch_sharding(mesh, 5)
+    jitted = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x), in_shardings=(replicated, split),
+                     out_shardings=split)
+    shards = batch_shards(mesh)
+
+    def encode(x):
+        n = len(x)
+        x = np.asarray(x)
+        if n % shards:  # pad to a multiple of the devices with copies of the last clip, then drop them
+            x = np.concatenate([x, np.repeat(x[-1:], shards - n % shards, 0)])
+        return np.asarray(jitted(state, x))[:n]
+
     cond = build_text_conditioner(dict(encoder=model_kind(a.text_encoder), path=a.text_encoder))
-    return (lambda x: jitted(state, x)), lambda texts: tuple(np.asarray(v) for v in cond.encode(texts)[:2])
+    return encode, lambda texts: tuple(np.asarray(v) for v in cond.encode(texts)[:2])
 
 
 def main(argv: list[str] | None = None) -> int:
