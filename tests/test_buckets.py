@@ -66,6 +66,7 @@ def test_resolution_threshold_is_80_percent():
     cfg = BucketConfig.parse({"240p": {1: (1.0, 8)}, "144p": {1: (1.0, 8)}})
     # 0.8 * 102,240 = 81,792: 320x320 = 102,400 fills 240p; 280x280 = 78,400 does not -> 144p
     assert cfg.assign(1, 320, 320, seed=0) == Assignment("240p", 1, "1.00", (320, 320))
+    assert cfg.assign(1, 300, 300, seed=0) == Assignment("240p", 1, "1.00", (320, 320))  # 90,000: below 102,240
     assert cfg.assign(1, 280, 280, seed=0) == Assignment("144p", 1, "1.00", (192, 192))
     # 0.8 * 36,864 = 29,491.2: 170x170 = 28,900 fills nothing
     assert cfg.assign(1, 170, 170, seed=0) is None
