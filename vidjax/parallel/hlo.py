@@ -47,6 +47,12 @@ class Collective:
         return total
 
     @property
+    def moves_data(self) -> bool:
+        """False for a collective over one-device groups (XLA keeps some, e.g. an all-reduce over a mesh axis of
+        size 1): it is in the program but sends nothing."""
+        return self.group_size > 1
+
+    @property
     def wire_bytes(self) -> float:
         n, b = max(self.group_size, 1), self.bytes
         if self.kind in ("all-to-all", "all-gather"):
@@ -182,9 +188,12 @@ def _nbytes(shape: tuple[str, tuple[int, ...]]) -> int:
 
 
 def summary(colls: Iterable[Collective]) -> dict[str, dict[str, float]]:
-    """{kind: {"ops": executions per call, "bytes": result bytes per call, "wire_bytes": estimate}}."""
+    """{kind: {"ops": executions per call, "bytes": result bytes per call, "wire_bytes": estimate}}, over the
+    collectives that move data (one-device groups left out)."""
     out: dict[str, dict[str, float]] = {}
     for c in colls:
+        if not c.moves_data:
+            continue
         row = out.setdefault(c.kind, {"ops": 0, "bytes": 0, "wire_bytes": 0.0})
         row["ops"] += c.count
         row["bytes"] += c.bytes * c.count
@@ -203,4 +212,9 @@ def table(colls: Iterable[Collective]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Collective", "KINDS", "collectives", "parse", "summary", "table"]
+def moved_bytes(colls: Iterable[Collective], kind: str | None = None) -> int:
+    """Result bytes per call of the collectives (of ``kind``) that move data."""
+    return sum(c.bytes * c.count for c in colls if c.moves_data and (kind is None or c.kind == kind))
+
+
+__all__ = ["Collective", "KINDS", "collectives", "moved_bytes", "parse", "summary", "table"]

@@ -44,10 +44,14 @@ class StepReport:
         return hlo.summary(self.collectives)
 
     def count(self, kind: str) -> int:
-        return sum(c.count for c in self.collectives if c.kind == kind)
+        """Executions per step of the collectives of ``kind`` that move data."""
+        return sum(c.count for c in self.collectives if c.kind == kind and c.moves_data)
 
     def bytes(self, kind: str | None = None) -> int:
-        return sum(c.bytes * c.count for c in self.collectives if kind is None or c.kind == kind)
+        """Result bytes per step of the collectives (of ``kind``) that move data."""
+        from vidjax.parallel import hlo
+
+        return hlo.moved_bytes(self.collectives, kind)
 
     def to_json(self) -> dict:
         return {"mesh": self.mesh, "params_total": self.params_total, "params_per_device": self.params_per_device,
