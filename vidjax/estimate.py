@@ -46,13 +46,11 @@ def _count_params(depth, hidden, patch, caption_len, caption_channels, in_channe
     return count_params(nnx.eval_shape(lambda: STDiT(cfg, rngs=nnx.Rngs(0))))
 
 
-def estimate(depth: int, hidden: int, frames: int, height: int, width: int, patch=(1, 2, 2),
-             caption_len: int = 120, caption_channels: int = 4096, in_channels: int = 4, mlp_ratio: float = 4.0,
-             temporal: bool = True) -> Estimate:
-    """Parameters and FLOPs of one training sample for STDiT (``temporal=True``) or a full-attention DiT.
-
-    ``frames/height/width`` are the latent input size (e.g. 16×32×32 for 16×256² through SD-VAE).
-    """
+def forward_flops(depth: int, hidden: int, frames: int, height: int, width: int, patch=(1, 2, 2),
+                  caption_len: int = 120, caption_channels: int = 4096, in_channels: int = 4, mlp_ratio: float = 4.0,
+                  temporal: bool = True) -> tuple[int, float, float]:
+    """(tokens per sample, forward FLOPs per sample, FLOPs of the quadratic attention terms) of STDiT
+    (``temporal=True``) or a full-attention DiT; ``frames/height/width`` are the latent input size."""
     pt, ph, pw = patch
     T, S, C, L = frames // pt, (height // ph) * (width // pw), hidden, caption_len
     N = T * S
@@ -64,11 +62,21 @@ def estimate(depth: int, hidden: int, frames: int, height: int, width: int, patc
     else:
         quad = 4 * N * N * C
         lin = 8 * N * C * C + cross + mlp
-    per_block = quad + lin
     embed = 2 * N * C * (pt * ph * pw * in_channels) * 3 + 2 * L * caption_channels * C + 2 * L * C * C
-    fwd = depth * per_block + embed
+    return N, depth * (quad + lin) + embed, depth * quad
+
+
+def estimate(depth: int, hidden: int, frames: int, height: int, width: int, patch=(1, 2, 2),
+             caption_len: int = 120, caption_channels: int = 4096, in_channels: int = 4, mlp_ratio: float = 4.0,
+             temporal: bool = True) -> Estimate:
+    """Parameters and FLOPs of one training sample for STDiT (``temporal=True``) or a full-attention DiT.
+
+    ``frames/height/width`` are the latent input size (e.g. 16×32×32 for 16×256² through SD-VAE).
+    """
+    tokens, fwd, quad = forward_flops(depth, hidden, frames, height, width, patch, caption_len, caption_channels,
+                                      in_channels, mlp_ratio, temporal)
     return Estimate(_count_params(depth, hidden, patch, caption_len, caption_channels, in_channels, mlp_ratio),
-                    N, 3.0 * fwd, depth * quad / fwd)
+                    tokens, 3.0 * fwd, quad / fwd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,5 +116,3 @@ class TextInputs:
 def text_inputs(config) -> TextInputs:
     return TextInputs(config)
 
-
-build_tokenizer = text_inputs  # the name sample / evaluate used before frozen encoders

@@ -294,16 +294,15 @@ class DiffusionTask:
         return text
 
     def _tokens_and_flops(self, cfg, latent, channels: int, caption_len: int, caption_channels: int):
-        """Tokens per sample and training FLOPs per sample (vidjax.estimate's analytic count)."""
-        from vidjax.estimate import estimate
+        """Tokens per sample and training FLOPs per sample (vidjax.estimate's analytic count, 3× the forward)."""
+        from vidjax.estimate import forward_flops
 
-        pt, ph, pw = cfg.patch
-        tokens = (latent[0] // pt) * (latent[1] // ph) * (latent[2] // pw)
-        est = estimate(depth=cfg.depth, hidden=cfg.hidden, frames=latent[0], height=latent[1], width=latent[2],
-                       patch=tuple(cfg.patch), caption_len=caption_len, caption_channels=caption_channels,
-                       in_channels=channels, mlp_ratio=cfg.mlp_ratio,
-                       temporal=self.config.model.get("name", "stdit") == "stdit")
-        return tokens, est.train_flops_per_sample
+        tokens, fwd, _ = forward_flops(depth=cfg.depth, hidden=cfg.hidden, frames=latent[0], height=latent[1],
+                                       width=latent[2], patch=tuple(cfg.patch), caption_len=caption_len,
+                                       caption_channels=caption_channels, in_channels=channels,
+                                       mlp_ratio=cfg.mlp_ratio,
+                                       temporal=self.config.model.get("name", "stdit") == "stdit")
+        return tokens, 3.0 * fwd
 
     # ---- evaluation ----
     def _eval_model(self, state: dict):
