@@ -64,7 +64,7 @@ REMAT_POLICIES: dict[str, Callable | None] = {
     "full": None,  # save nothing inside a block: recompute all of it in the backward pass
     "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep the weight matmuls
 }
-FREEZE_OPTIONS = ("not_temporal", "text")
+FREEZE_OPTIONS = ("not_temporal", "text", "temporal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,9 @@ class STDiTConfig:
     model_max_length: int = 120
     space_scale: float = 1.0  # 0.5 at 256px, 1.0 at 512px
     time_scale: float = 1.0  # 1.0 at 16 frames, 2/3 at 64 frames
-    freeze: str | None = None  # None | "not_temporal" (train attn_temp only) | "text" (freeze cross_attn)
+    # None | "not_temporal" (train attn_temp only) | "text" (freeze cross_attn) | "temporal" (freeze attn_temp:
+    # an image model, PixArt per frame, while the zero-initialised temporal attention stays zero)
+    freeze: str | None = None
     # STDiT3 options (reference §2), all off in Open-Sora v1.0
     qk_norm: bool = False  # RMSNorm on q and k (eps 1e-6), before RoPE
     temporal_rope: bool = False  # interleaved-pair RoPE, theta 1e4, on temporal attention
@@ -104,7 +106,7 @@ class STDiTConfig:
         if self.temporal_pos not in ("block0", "input"):
             raise ValueError(f"model.temporal_pos={self.temporal_pos!r}; expected block0 or input")
         if self.freeze_mode not in (None, *FREEZE_OPTIONS):
-            raise ValueError(f"model.freeze={self.freeze!r}; expected none, not_temporal or text")
+            raise ValueError(f"model.freeze={self.freeze!r}; expected none, not_temporal, text or temporal")
         if self.sequence_parallel not in ("auto", *SEQUENCE_PARALLEL):
             raise ValueError(f"model.sequence_parallel={self.sequence_parallel!r}; expected auto, dsp, ulysses "
                              "or ring")
@@ -153,7 +155,9 @@ def stdit_config(size: str | None = None, **overrides) -> STDiTConfig:
 def trainable_filter(freeze: str | None = None) -> nnx.filterlib.Filter:
     """The nnx filter of trained parameters (Open-Sora ``freeze_not_temporal`` / ``freeze_text``).
 
-    Buffers (``y_embedding``) are never trained. ``"text"`` freezes ``cross_attn``, as in v1.0.
+    Buffers (``y_embedding``) are never trained. ``"text"`` freezes ``cross_attn``, as in v1.0; ``"temporal"``
+    freezes ``attn_temp`` (the image stage of a three-stage schedule: its temporal attention stays at its zero
+    initialisation, so the model is an image model applied frame by frame).
     """
     if freeze in (None, "", "none"):
         return nnx.Param
@@ -161,7 +165,9 @@ def trainable_filter(freeze: str | None = None) -> nnx.filterlib.Filter:
         return nnx.All(nnx.Param, nnx.PathContains("attn_temp"))
     if freeze == "text":
         return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("cross_attn")))
-    raise ValueError(f"model.freeze={freeze!r}; expected none, not_temporal or text")
+    if freeze == "temporal":
+        return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("attn_temp")))
+    raise ValueError(f"model.freeze={freeze!r}; expected none, not_temporal, text or temporal")
 
 
 def count_params(model: nnx.Module, filter: nnx.filterlib.Filter = nnx.Param) -> int:
