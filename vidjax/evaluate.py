@@ -79,16 +79,20 @@ def detect(clip: np.ndarray, threshold: float = 60.0, min_area: int = 6, min_tra
     return {"colour": vote(colours), "shape": vote(shape_votes), "motion": motion}
 
 
-def score(clips, targets: list[tuple[str, str, str]]) -> dict:
-    """Per-prompt verdicts and accuracies. targets: (shape, colour, motion) per clip."""
+def score(clips, targets: list[tuple[str, str, str | None]]) -> dict:
+    """Per-prompt verdicts and accuracies. targets: (shape, colour, motion) per clip; a still image (motion None,
+    or a 1-frame clip) is scored on colour and shape only, and its "all" means both."""
     rows = []
     for clip, (shape, colour, motion) in zip(clips, targets, strict=True):
         d = detect(np.asarray(clip))
-        ok = {"colour": d["colour"] == colour, "shape": d["shape"] == shape, "motion": d["motion"] == motion}
+        ok = {"colour": d["colour"] == colour, "shape": d["shape"] == shape}
+        if motion is not None:
+            ok["motion"] = d["motion"] == motion
         ok["all"] = all(ok.values())
-        rows.append({"prompt": shapes.caption(shape, colour, motion), "detected": d, **ok})
+        rows.append({"prompt": shapes.prompt((shape, colour, motion)), "detected": d, **ok})
     n = len(rows)
-    summary = {k: sum(r[k] for r in rows) / max(n, 1) for k in ("colour", "shape", "motion", "all")}
+    keys = [k for k in ("colour", "shape", "motion", "all") if any(k in r for r in rows) or not rows]
+    summary = {k: sum(r[k] for r in rows if k in r) / max(sum(k in r for r in rows), 1) for k in keys}
     summary["n"] = n
     return {"summary": summary, "rows": rows}
 
@@ -102,21 +106,74 @@ def agreement(originals, reconstructions) -> dict[str, float]:
     return out
 
 
+def parse_size(text, field: str = "size") -> tuple[int, int, int]:
+    """``"16x64x64"`` (or a 3-sequence) -> (frames, height, width); a one-line error otherwise."""
+    parts = text.lower().split("x") if isinstance(text, str) else list(text)
+    try:
+        size = tuple(int(v) for v in parts)
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise ConfigError(f"{field}={text!r}: expected FRAMESxHEIGHTxWIDTH such as 16x64x64")
+    return size  # type: ignore[return-value]
+
+
+def size_label(size: tuple[int, int, int]) -> str:
+    return "x".join(map(str, size))
+
+
+def eval_sizes(config) -> list[tuple[int, int, int]]:
+    """The clip sizes evaluation samples at: ``config.sample.buckets`` (``"FxHxW"`` strings), else the data size."""
+    sizes = config.sample.get("buckets") or ()
+    if not sizes:
+        return [(config.data.frames, config.data.height, config.data.width)]
+    return [parse_size(b, "config.sample.buckets") for b in sizes]
+
+
 def evaluate_model(model, config, vae, diffusion, tokenizer, out_dir: Path | None = None, split: str = "train",
-                   num_prompts: int | None = None) -> dict:
+                   num_prompts: int | None = None, size: tuple[int, int, int] | None = None) -> dict:
     """Sample ``config.sample.num_prompts`` prompts covering every seen combination, and score them.
 
-    Writes the clips as mp4 plus a PNG grid and ``eval.json`` to ``out_dir`` when given.
+    ``size`` (frames, height, width) defaults to the data size; 1 frame asks for still images ("a red circle"),
+    scored on colour and shape. Writes the clips as mp4 plus a PNG grid and ``eval.json`` to ``out_dir`` when given.
     """
     from vidjax.sample import generate, save_samples
 
-    targets = shapes.eval_prompts(num_prompts or config.sample.num_prompts, split)
-    prompts = [shapes.caption(*t) for t in targets]
+    if size is not None:
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.data.frames, config.data.height, config.data.width = (int(v) for v in size)
+    targets = shapes.eval_prompts(num_prompts or config.sample.num_prompts, split, images=config.data.frames == 1)
+    prompts = [shapes.prompt(t) for t in targets]
     clips = generate(model, config, vae, diffusion, tokenizer, prompts, seed=config.sample.seed)
     report = score(clips, targets)
     report["split"] = split
     if out_dir is not None:
         save_samples(out_dir, clips, prompts, fps=config.sample.fps)
+        (Path(out_dir) / f"eval_{split}.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def evaluate_sizes(model, config, vae, diffusion, tokenizer, out_dir: Path | None = None, split: str = "train",
+                   num_prompts: int | None = None, sizes=None) -> dict:
+    """:func:`evaluate_model` at every size of ``sizes`` (default :func:`eval_sizes`): ``{"buckets": {"16x64x64":
+    summary, ...}, "summary": ...}`` where the summary is that of the single size, or each metric's mean over the
+    sizes that score it (so images count for colour / shape / all, videos also for motion)."""
+    sizes = [tuple(s) for s in (sizes or eval_sizes(config))]
+    if len(sizes) == 1:
+        report = evaluate_model(model, config, vae, diffusion, tokenizer, out_dir, split, num_prompts, sizes[0])
+        report["buckets"] = {size_label(sizes[0]): report["summary"]}
+        return report
+    buckets = {}
+    for size in sizes:
+        sub = None if out_dir is None else Path(out_dir) / size_label(size)
+        buckets[size_label(size)] = evaluate_model(model, config, vae, diffusion, tokenizer, sub, split, num_prompts,
+                                                   size)["summary"]
+    keys = [k for k in ("colour", "shape", "motion", "all") if any(k in b for b in buckets.values())]
+    summary = {k: float(np.mean([b[k] for b in buckets.values() if k in b])) for k in keys}
+    summary["n"] = sum(b["n"] for b in buckets.values())
+    report = {"summary": summary, "buckets": buckets, "split": split}
+    if out_dir is not None:
         (Path(out_dir) / f"eval_{split}.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -130,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train", choices=["train", "heldout"], help="which combinations to prompt")
     p.add_argument("--num_prompts", type=int, default=48)
     p.add_argument("--shuffle", action="store_true", help="pair clips with shuffled captions (a chance baseline)")
+    p.add_argument("--bucket", action="append", help="a clip size FRAMESxHEIGHTxWIDTH to sample at (repeatable; "
+                   "default: the run's config.sample.buckets, else its training size; 1 frame = still images)")
     a = p.parse_args(argv)
     if a.num_prompts < 1:
         raise ConfigError(f"--num_prompts={a.num_prompts}: must be a positive integer")
@@ -140,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             raise MissingFileError(f"{path}: captions file not found")
         rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()][: a.num_prompts]
-        missing = [k for k in ("file", "shape", "colour", "motion") if rows and k not in rows[0]]
+        missing = [k for k in ("file", "shape", "colour") if rows and k not in rows[0]]
         if not rows or missing:
             raise InputError(f"{path}: expected shapes rows with file, shape, colour and motion"
                              + (f" (missing {', '.join(missing)})" if missing else " (the file has none)"))
         clips = [read_video(path.parent / r["file"]) for r in rows]
-        targets = [(r["shape"], r["colour"], r["motion"]) for r in rows]
+        targets = [(r["shape"], r["colour"], r.get("motion")) for r in rows]
         if a.shuffle:
             targets = [targets[i] for i in np.random.default_rng(0).permutation(len(targets))]
         report = score(clips, targets)
@@ -157,12 +216,14 @@ def main(argv: list[str] | None = None) -> int:
 
         out = Path(a.workdir) / f"samples_{a.split}"
         check_writable(out, what="evaluation samples")
+        sizes = [parse_size(b, "--bucket") for b in a.bucket] if a.bucket else None
         config, model, _ = restore_model(a.workdir, ema=True)
-        report = evaluate_model(model, config, build_vae(config.vae), build_diffusion(config.diffusion),
-                                text_inputs(config), out, a.split, a.num_prompts)
+        report = evaluate_sizes(model, config, build_vae(config.vae), build_diffusion(config.diffusion),
+                                text_inputs(config), out, a.split, a.num_prompts, sizes)
     else:
         p.error("give --workdir or --captions")
-    print(json.dumps(report["summary"]))
+    print(json.dumps({**report["summary"], **({"buckets": report["buckets"]} if len(report.get("buckets", {})) > 1
+                                              else {})}))
     return 0
 
 

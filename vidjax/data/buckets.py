@@ -35,9 +35,10 @@ that bucket's batch size, in a seeded order that changes every epoch. It is pure
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -163,6 +164,33 @@ ASPECT_RATIO_NAMES: dict[str, str] = {
 MIN_PIXEL_FRACTION = 0.8
 
 
+def custom_tables(resolutions: Any, field: str = "data.resolutions") -> dict[str, tuple[int, dict]]:
+    """Named resolutions beyond Open-Sora's: ``{name: [(H, W), ...]}``, one frame size per aspect ratio.
+
+    The ratio key is ``f"{H / W:.2f}"`` and the reference pixel count is the area of the most nearly square size, so a
+    clip goes to the resolution when it has at least 80% of that many pixels (as with Open-Sora's tables)::
+
+        {"32px": [(32, 32)], "64px": [(64, 64), (48, 96)]}
+    """
+    if not resolutions:
+        return {}
+    if hasattr(resolutions, "to_dict"):  # an ml_collections.ConfigDict
+        resolutions = resolutions.to_dict()
+    if not isinstance(resolutions, Mapping):
+        raise ConfigError(f"{field}: expected {{name: [(height, width), ...]}}, got {resolutions!r}")
+    out = {}
+    for name, sizes in resolutions.items():
+        ok = isinstance(sizes, (list, tuple)) and sizes and all(
+            isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, int) and v > 0 for v in s)
+            for s in sizes)
+        if not ok:
+            raise ConfigError(f"{field}[{name!r}]: expected a list of (height, width) positive ints, got {sizes!r}")
+        table = {f"{h / w:.2f}": (int(h), int(w)) for h, w in sizes}
+        square = min(table.values(), key=lambda hw: abs(np.log(hw[0] / hw[1])))
+        out[str(name)] = (square[0] * square[1], table)
+    return out
+
+
 def closest_aspect_ratio(height: float, width: float, ratios: Mapping[str, Any]) -> str:
     """The key of ``ratios`` (``"H/W"`` strings such as ``"0.56"``) nearest to ``height / width``; first on ties."""
     ratio = height / width
@@ -241,36 +269,55 @@ class BucketConfig:
     """
 
     resolutions: tuple[tuple[str, tuple[FrameBucket, ...]], ...]
+    #: resolution name -> (reference pixel count, {"H/W": (H, W)}): Open-Sora's tables plus any custom ones.
+    tables: Mapping[str, tuple[int, dict[str, tuple[int, int]]]] = field(default_factory=lambda: ASPECT_RATIOS)
 
     @classmethod
-    def parse(cls, bucket_config: Any, field: str = "bucket_config") -> BucketConfig:
+    def parse(cls, bucket_config: Any, field: str = "bucket_config", resolutions: Any = None) -> BucketConfig:
         """Check and order ``{resolution: {num_frames: entry}}``; bad input is a one-line ConfigError naming the entry.
 
-        Equal pixel counts (``2880`` and ``4k``) keep the config's order, as v1.2's stable sort does.
+        ``resolutions`` adds named resolutions to Open-Sora's (:func:`custom_tables`), e.g. small sizes for CPU runs.
+        Frame counts may be ints or digit strings (a config stored as JSON). Equal pixel counts (``2880`` and ``4k``)
+        keep the config's order, as v1.2's stable sort does.
         """
+        tables = {**ASPECT_RATIOS, **custom_tables(resolutions)}
         if not isinstance(bucket_config, Mapping) or not bucket_config:
             raise ConfigError(f"{field}: the bucket table is empty; expected "
                               f"{{resolution: {{num_frames: (keep_prob, batch_size)}}}}, got {bucket_config!r}")
         for res in bucket_config:
-            if res not in ASPECT_RATIOS:
+            if res not in tables:
                 raise ConfigError(f"{_where(field, res)}: unknown resolution name; expected one of "
-                                  f"{', '.join(ASPECT_RATIOS)}")
-        resolutions = []
-        for res in sorted(bucket_config, key=lambda name: ASPECT_RATIOS[name][0], reverse=True):
+                                  f"{', '.join(tables)}")
+        out = []
+        for res in sorted(bucket_config, key=lambda name: tables[name][0], reverse=True):
             table = bucket_config[res]
             if not isinstance(table, Mapping) or not table:
                 raise ConfigError(f"{_where(field, res)}: expected a non-empty "
                                   f"{{num_frames: (keep_prob, batch_size)}}, got {table!r}")
-            for frames in table:
-                if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+            entries = {}
+            for frames, entry in table.items():
+                count = int(frames) if isinstance(frames, str) and frames.isdigit() else frames
+                if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                     raise ConfigError(f"{_where(field, res, frames)}: the frame count must be a positive int")
-            buckets = tuple(_frame_bucket(t, table[t], _where(field, res, t)) for t in sorted(table, reverse=True))
-            resolutions.append((res, buckets))
-        return cls(tuple(resolutions))
+                entries[count] = entry
+            buckets = tuple(_frame_bucket(t, entries[t], _where(field, res, t)) for t in sorted(entries, reverse=True))
+            out.append((res, buckets))
+        return cls(tuple(out), tables)
+
+    def scaled(self, factor: int) -> BucketConfig:
+        """The same table with every batch size times ``factor`` (Open-Sora's per-GPU sizes -> global batches)."""
+        return BucketConfig(tuple((res, tuple(dataclasses.replace(fb, batch_size=fb.batch_size * factor)
+                                              if fb.batch_size else fb for fb in frames))
+                                  for res, frames in self.resolutions), self.tables)
+
+    def shapes(self) -> list[tuple[tuple[str, int, str], tuple[int, int, int]]]:
+        """Every enabled bucket key with its clip shape ``(num_frames, height, width)``."""
+        return [((res, fb.num_frames, ratio), (fb.num_frames, h, w)) for res, frames in self.resolutions
+                for fb in frames if fb.batch_size for ratio, (h, w) in self.tables[res][1].items()]
 
     @property
     def num_buckets(self) -> int:
-        return sum(len(frames) * len(ASPECT_RATIOS[res][1]) for res, frames in self.resolutions)
+        return sum(len(frames) * len(self.tables[res][1]) for res, frames in self.resolutions)
 
     def bucket_ids(self) -> dict[tuple[str, int], int]:
         """v1.2's ``bucket_id``: (resolution, num_frames) numbered 0, 1, ... in search order."""
@@ -302,11 +349,11 @@ class BucketConfig:
         base = seed + clip_index * self.num_buckets
         pixels = height * width
         for res, frames in self.resolutions:
-            if pixels < ASPECT_RATIOS[res][0] * MIN_PIXEL_FRACTION:
+            if pixels < self.tables[res][0] * MIN_PIXEL_FRACTION:
                 continue
             chosen = self._pick_frames(res, frames, num_frames, frame_interval, base, ids)
             if chosen is not None:
-                table = ASPECT_RATIOS[res][1]
+                table = self.tables[res][1]
                 ratio = closest_aspect_ratio(height, width, table)
                 return Assignment(res, chosen, ratio, table[ratio])
         return None
@@ -346,7 +393,7 @@ class BucketConfig:
                 if counts is None:
                     lines.append(head)
                     continue
-                for ratio, (h, w) in ASPECT_RATIOS[res][1].items():
+                for ratio, (h, w) in self.tables[res][1].items():
                     n = counts.get((res, fb.num_frames, ratio), 0)
                     if n:
                         batches = n // fb.batch_size if fb.batch_size else 0
@@ -445,7 +492,7 @@ class BucketSampler:
 
     def _all_keys(self) -> list[tuple[str, int, str]]:
         return [(res, fb.num_frames, ratio) for res, frames in self.config.resolutions for fb in frames
-                for ratio in ASPECT_RATIOS[res][1]]
+                for ratio in self.config.tables[res][1]]
 
     def global_batches(self, epoch: int) -> list[tuple[tuple[str, int, str], np.ndarray]]:
         """Every global batch of ``epoch`` in order: (bucket key, int64 [batch_size] clip rows)."""

@@ -39,13 +39,16 @@ def prepare_records(config, progress: bool = True) -> list[Record]:
     d = config.data
     if d.captions:
         return load_captions(d.captions, d.get("video_root") or None)
+    if d.get("mix"):  # several sizes, lengths and still images: [(count, frames, height, width), ...]
+        return load_captions(shapes.generate_mix(d.root, [tuple(g) for g in d.mix], seed=d.seed, progress=progress))
     cap = shapes.generate(d.root, num_clips=d.num_clips, frames=d.frames, height=d.height, width=d.width,
                           seed=d.seed, progress=progress)
     return load_captions(cap)
 
 
 def probe_records(records: list[Record], frames: int, frame_interval: int = 1, report: str | Path | None = None,
-                  keep_decoded: bool = False, progress: bool = True, max_cache_bytes: int = 2 << 30):
+                  keep_decoded: bool = False, progress: bool = True, max_cache_bytes: int = 2 << 30,
+                  sizes: list | None = None):
     """Decode every clip once; drop unreadable or too-short ones and list them.
 
     With ``keep_decoded`` the decoded clips are kept for the loader, unless they outgrow
@@ -64,6 +67,8 @@ def probe_records(records: list[Record], frames: int, frame_interval: int = 1, r
             skipped.append((str(r.path), str(e)))
             continue
         good.append(r)
+        if sizes is not None:
+            sizes.append(tuple(int(v) for v in clip.shape[:3]))
         if keep_decoded:
             clips.append(clip)
             cached += clip.nbytes

@@ -8,7 +8,9 @@ evaluation can ask for combinations the model never saw.
 
 ``generate(root, ...)`` writes real mp4 files plus ``captions.jsonl`` lines
 ``{"file": "train/000001.mp4", "captions": [...]}`` so training reads them back through
-the same loader as real data.
+the same loader as real data. ``generate_mix(root, groups)`` writes a set of several sizes,
+aspect ratios and lengths, with still images (PNG files of a shape of a colour, no motion,
+captioned "a red circle") as 1-frame clips: the data of the bucketed three-stage run.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vidjax.data.video_io import write_video
+from vidjax.data.video_io import save_png, write_video
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -55,6 +57,15 @@ def paraphrases(shape: str, colour: str, motion: str) -> list[str]:
     return [caption(shape, colour, motion), f"a {colour} {shape} moves {motion}", f"{colour} {shape}, moving {motion}"]
 
 
+def image_caption(shape: str, colour: str) -> str:
+    return f"a {colour} {shape}"
+
+
+def image_paraphrases(shape: str, colour: str) -> list[str]:
+    """All captions of one still image."""
+    return [image_caption(shape, colour), f"{colour} {shape}", f"a picture of a {colour} {shape}"]
+
+
 def combos(split: str = "train") -> list[tuple[str, str, str]]:
     """(shape, colour, motion) triples of a split: ``train`` (seen pairs) or ``heldout``."""
     out = []
@@ -65,10 +76,19 @@ def combos(split: str = "train") -> list[tuple[str, str, str]]:
     return out
 
 
-def eval_prompts(n: int = 48, split: str = "train") -> list[tuple[str, str, str]]:
-    """``n`` (shape, colour, motion) triples cycling through every combination of ``split``."""
+def eval_prompts(n: int = 48, split: str = "train", images: bool = False) -> list[tuple[str, str, str | None]]:
+    """``n`` (shape, colour, motion) triples cycling through every combination of ``split``; with ``images``,
+    (shape, colour, None) pairs of still images."""
     cs = combos(split)
+    if images:
+        cs = list(dict.fromkeys((s, c, None) for s, c, _ in cs))
     return [cs[i % len(cs)] for i in range(n)]
+
+
+def prompt(target: tuple[str, str, str | None]) -> str:
+    """The caption of an evaluation target: a clip's, or a still image's when ``motion`` is None."""
+    shape, colour, motion = target
+    return image_caption(shape, colour) if motion is None else caption(shape, colour, motion)
 
 
 def random_spec(rng: np.random.Generator, frames: int, height: int, width: int,
@@ -128,6 +148,53 @@ def make_clip(seed: int, index: int, frames: int, height: int, width: int, split
     cs = combos(split)
     spec = random_spec(rng, frames, height, width, cs[int(rng.integers(len(cs)))])
     return render(spec, frames, height, width), spec
+
+
+def make_image(seed: int, index: int, height: int, width: int, split: str = "train"):
+    """(image [1, H, W, 3] uint8, spec) of one still: a shape of a colour at a random place, no motion."""
+    rng = np.random.default_rng([seed, index, 2 if split == "train" else 3])
+    cs = combos(split)
+    spec = random_spec(rng, 1, height, width, cs[int(rng.integers(len(cs)))])
+    return render(spec, 1, height, width), spec
+
+
+def generate_mix(root: str | os.PathLike, groups, *, seed: int = 0, split: str = "train", fps: int = 8,
+                 progress: bool = True) -> Path:
+    """Write a mixed set under ``root``: ``groups`` is a list of ``(count, frames, height, width)``; ``frames == 1``
+    gives still images (PNG), more gives mp4 clips. Returns the captions path (written last, atomically).
+    Lines carry ``shape``, ``colour`` and ``motion`` (None for images)."""
+    root = Path(root)
+    cap_path = root / ("captions.jsonl" if split == "train" else f"captions_{split}.jsonl")
+    if cap_path.exists():
+        return cap_path
+    lines, index = [], 0
+    total = sum(int(g[0]) for g in groups)
+    bar = tqdm(total=total, desc=f"generating shapes mix/{split}", disable=not progress, unit="clip")
+    for count, frames, height, width in groups:
+        for _ in range(int(count)):
+            still = int(frames) == 1
+            rel = f"{split}/{index:06d}.{'png' if still else 'mp4'}"
+            if still:
+                clip, spec = make_image(seed, index, height, width, split)
+                captions, motion = image_paraphrases(spec.shape, spec.colour), None
+            else:
+                clip, spec = make_clip(seed, index, frames, height, width, split)
+                captions, motion = paraphrases(spec.shape, spec.colour, spec.motion), spec.motion
+            if not (root / rel).exists():
+                if still:
+                    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                    save_png(root / rel, clip[0])
+                else:
+                    write_video(root / rel, clip, fps=fps)
+            lines.append(json.dumps({"file": rel, "captions": captions, "shape": spec.shape, "colour": spec.colour,
+                                     "motion": motion}))
+            index += 1
+            bar.update()
+    bar.close()
+    tmp = cap_path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, cap_path)
+    return cap_path
 
 
 def generate(root: str | os.PathLike, *, num_clips: int = 2000, frames: int = 8, height: int = 32, width: int = 32,

@@ -6,7 +6,11 @@
     diffusion.py  the text-to-video denoiser task (stage 0 VAE first when configured)
     vae.py        the video VAE task
 
-``run(config, workdir)`` picks the task from ``config.task`` (``"diffusion"``, the default, or ``"vae"``).
+    warmstart.py  ``train.init_from``: an earlier stage's weights or an imported checkpoint, with a load report
+    schedule.py   ``config.stages``: a multi-stage schedule (Open-Sora's three stages) as one resumable run
+
+``run(config, workdir)`` picks the task from ``config.task`` (``"diffusion"``, the default, or ``"vae"``), or runs
+the schedule of ``config.stages``.
 """
 
 from __future__ import annotations
@@ -35,4 +39,8 @@ def run(config, workdir: str | Path) -> dict:
     """Train (or resume) ``config`` in ``workdir``; returns the summary (also in ``workdir/summary.json``)."""
     from vidjax.training.loop import fit
 
+    if config.get("stages"):
+        from vidjax.training.schedule import run_schedule
+
+        return run_schedule(config, workdir)
     return fit(make_task(config), config, workdir)

@@ -38,6 +38,7 @@ from vidjax.parallel.rules import axis_size
 from vidjax.training import loop
 from vidjax.training import metrics as mx
 from vidjax.training.state import ModelParts, make_optimizer, update
+from vidjax.training.warmstart import init_from
 
 log = logging.getLogger("vidjax.train")
 
@@ -46,7 +47,9 @@ def check_config(config) -> None:
     """Fail early, with the field names, on settings that cannot work."""
     d, m = config.data, config.model
     pt, ph, pw = m.patch
-    if d.height % ph or d.width % pw or d.frames % pt:
+    if d.get("bucket_config"):
+        pass  # every bucket's size is checked against the VAE and the patch in setup (vidjax.data.bucketed)
+    elif d.height % ph or d.width % pw or d.frames % pt:
         raise ConfigError(f"data size {d.frames}×{d.height}×{d.width} (config.data.frames/height/width) is not "
                           f"divisible by the patch size config.model.patch={tuple(m.patch)}")
     dif = config.diffusion
@@ -57,13 +60,15 @@ def check_config(config) -> None:
         raise ConfigError(f"config.model.hidden={m.hidden} is not divisible by config.model.heads={m.heads}")
 
 
-def check_parallel(config, mesh, vae) -> None:
-    """One-line errors for a clip that the mesh's sequence axis cannot split (before anything is compiled)."""
+def check_parallel(config, mesh, vae, size: tuple[int, int, int] | None = None) -> None:
+    """One-line errors for a clip (``size`` = frames, height, width; default the data size) that the mesh's
+    sequence axis cannot split (before anything is compiled)."""
     seq = axis_size("frames", mesh)  # the sequence-parallel degree
     if seq == 1:
         return
     d, m = config.data, config.model
-    lt, lh, lw = vae.latent_shape(d.frames, d.height, d.width)
+    size = size or (d.frames, d.height, d.width)
+    lt, lh, lw = vae.latent_shape(*size)
     frames, tokens = lt // m.patch[0], (lh // m.patch[1]) * (lw // m.patch[2])
     scheme = m.get("sequence_parallel", "auto")
     if m.get("name", "stdit") == "dit":
@@ -76,7 +81,7 @@ def check_parallel(config, mesh, vae) -> None:
             raise ConfigError(f"config.data.height/width give {tokens} tokens per frame, not divisible by mesh "
                               f"sequence={seq} (sequence_parallel='ring')")
     elif frames % seq:
-        raise ConfigError(f"config.data.frames={d.frames} gives {frames} latent frames (VAE stride "
+        raise ConfigError(f"{size[0]} frames (config.data) give {frames} latent frames (VAE stride "
                           f"{vae.downsample[0]}, patch {m.patch[0]}), not divisible by mesh sequence={seq}")
 
 
@@ -193,20 +198,22 @@ class DiffusionTask:
         d, t = config.data, config.train
         text = self._text(workdir)  # a missing encoder directory stops here, before any data work
         self.vae = vae = build_vae(config.vae)
-        check_parallel(config, mesh, vae)
         self.text_fn = text
-        if d.get("packed"):
+        cost = None
+        if d.get("bucket_config"):
+            source, transform = None, None
+            dataset, key, cost = self._bucketed(run, text, vae)
+        elif d.get("packed"):
             source, transform = None, None
             dataset, key = self._packed(d, text, run.progress)
+            check_parallel(config, mesh, vae)
         else:
             source, transform, key = self._clips(run, text, vae)
             dataset = None
+            check_parallel(config, mesh, vae)
         model = build_model(config, nnx.Rngs(config.seed), latent_channels=vae.latent_channels)
-        if t.init_from:  # PixArt-α / Open-Sora / exported weights; a resume overwrites them
-            from vidjax.interop import load_pretrained
-
-            load_pretrained(model.dit, t.init_from, allow_missing=t.init_allow_missing)
-            log.info("initialised the denoiser from %s", t.init_from)
+        if t.init_from:  # an earlier stage's workdir, or PixArt-α / Open-Sora / exported weights; a resume overwrites
+            self.init_report = init_from(model, config, run.workdir if run.primary else None)
         self.diffusion = diffusion = build_diffusion(config.diffusion)
         tx = make_optimizer(t)
         self.parts = parts = ModelParts(model, trainable(model))
@@ -215,12 +222,89 @@ class DiffusionTask:
         latent = vae.latent_shape(d.frames, d.height, d.width)
         ndims = {key: 5, **{k: 3 if k == "y" else 2 for k in text.keys}}
         n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(parts.params))
-        tokens, flops = self._tokens_and_flops(model.dit.cfg, latent, vae.latent_channels, text.max_length,
-                                               text.dim)
+        if cost is None:
+            tokens, flops = self._tokens_and_flops(model.dit.cfg, latent, vae.latent_channels, text.max_length,
+                                                   text.dim)
+        else:
+            tokens, flops = 0, None
+
+            def cost_of(shapes: dict, _cost=cost, cfg=model.dit.cfg):
+                return _cost(shapes, lambda lat: self._tokens_and_flops(cfg, lat, vae.latent_channels,
+                                                                        text.max_length, text.dim))
         return loop.Setup(state=state, shardings=shardings, step=step, source=source, transform=transform,
                           dataset=dataset,
                           batch_ndims=ndims, eval_every=config.sample.get("eval_every", 0), params=n_params,
-                          tokens_per_sample=tokens, flops_per_sample=flops)
+                          tokens_per_sample=tokens, flops_per_sample=flops,
+                          cost=None if cost is None else cost_of)
+
+    def _bucketed(self, run: loop.Run, text, vae):
+        """(batch maker, video key, cost) of bucketed data (``data.bucket_config``): every clip and image probed at
+        its native size, assigned to its bucket (the run's seed), latents precomputed per bucket when
+        ``data.cache_latents``; the sampler's table (clips and batches per bucket, dropped buckets) is written to
+        ``<workdir>/buckets.txt``."""
+        from vidjax.data.bucketed import (
+            BucketedBatches,
+            bucket_config_of,
+            check_bucket_sizes,
+            clip_loader,
+            encode_buckets,
+            latent_loader,
+        )
+        from vidjax.data.buckets import BucketSampler, assign_all
+
+        config, workdir, primary, d = self.config, run.workdir, run.primary, self.config.data
+        table = bucket_config_of(config, shd.batch_shards(run.mesh))
+        check_bucket_sizes(table, vae, tuple(config.model.patch))
+        for _, size in table.shapes():
+            check_parallel(config, run.mesh, vae, size)
+        if not primary:
+            distributed.barrier("data_ready")
+        records = prepare_records(config, run.progress)
+        if primary:
+            distributed.barrier("data_ready")
+        sizes: list[tuple[int, int, int]] = []
+        records, clips, skipped = probe_records(records, 1, d.frame_interval,
+                                                report=workdir / "skipped_clips.txt" if primary else None,
+                                                keep_decoded=d.cache_in_memory, progress=run.progress, sizes=sizes)
+        if skipped and primary:
+            print(f"skipped {len(skipped)} unreadable clip(s); see {workdir / 'skipped_clips.txt'}", file=sys.stderr)
+        assignments = assign_all(table, sizes, config.seed, d.frame_interval)
+        key, load = "video", clip_loader(records, clips, d.frame_interval)
+        if d.get("cache_latents", False) and config.vae.type != "raw":
+            if clips is None:
+                log.warning("config.data.cache_latents: the clips are not held in memory; encoding every batch")
+            else:
+                t_enc = time.time()
+                latents = encode_buckets(jax.jit(vae.encode), clips, assignments, d.frame_interval,
+                                         progress=run.progress)
+                key, load = "latent", latent_loader(records, latents)
+                log.info("latent precompute: %d clips in %.1f s", sum(a is not None for a in assignments),
+                         time.time() - t_enc)
+        if text.frozen:
+            text.precompute(sorted({c for r in records for c in r.captions}), progress=run.progress)
+        seed = config.seed
+
+        def make(local_batch: int, index: int, count: int):
+            sampler = BucketSampler(assignments, table, seed=seed, num_processes=count, process_index=index)
+            if primary:
+                (workdir / "buckets.txt").write_text(sampler.describe() + "\n")
+                log.info("buckets:\n%s", sampler.describe())
+                for drop in sampler.dropped:
+                    print(f"bucket {'/'.join(map(str, drop.bucket))} dropped: {drop.num_clips} clips, fewer than its "
+                          f"batch size {drop.batch_size} (see {workdir / 'buckets.txt'})", file=sys.stderr)
+            return BucketedBatches(sampler, load, text.for_loader, assignments, seed=seed)
+
+        labels = {}  # latent or pixel shape -> the bucket's pixel size label
+        for _, (t, h, w) in table.shapes():
+            labels[(t, h, w)] = labels[vae.latent_shape(t, h, w)] = f"{t}x{h}x{w}"
+
+        def cost(shapes: dict, tokens_and_flops):
+            shape = shapes[key][1:4]
+            latent = shape if key == "latent" else vae.latent_shape(*shape)
+            tokens, flops = tokens_and_flops(latent)
+            return tokens, flops, labels.get(tuple(shape), "x".join(map(str, shape)))
+
+        return make, key, cost
 
     def _clips(self, run: loop.Run, text, vae):
         """(grain source, per-example transform, video key) of the caption file's (or ``shapes``') clips: probed
@@ -313,14 +397,17 @@ class DiffusionTask:
 
     def _sample_and_score(self, run: loop.Run, state: dict, step: int, minutes: float, out_dir: Path,
                           writer) -> dict | None:
-        from vidjax.evaluate import CHANCE, evaluate_model
+        from vidjax.evaluate import CHANCE, evaluate_sizes
 
         model = self._eval_model(state)
         report = None
-        if run.primary:
-            report = evaluate_model(model, self.config, self.vae, self.diffusion, self.text_fn, out_dir=out_dir)
+        if run.primary:  # every size of config.sample.buckets (images on colour and shape), else the data size
+            report = evaluate_sizes(model, self.config, self.vae, self.diffusion, self.text_fn, out_dir=out_dir)
             curve = run.workdir / "eval_curve.jsonl"
-            mx.append_row(curve, {"step": step, "train_minutes": round(minutes, 2), **report["summary"]})
+            per_bucket = {f"{label}/{k}": v for label, b in report["buckets"].items() for k, v in b.items()
+                          if k != "n"} if len(report["buckets"]) > 1 else {}
+            mx.append_row(curve, {"step": step, "train_minutes": round(minutes, 2), **report["summary"],
+                                  **per_bucket})
             mx.plot_curve(curve, run.workdir / "eval_curve.png", ("colour", "shape", "motion", "all"),
                           ylabel="accuracy (%)  (dotted: chance)", chance=CHANCE, percent=True)
             if writer is not None:
@@ -341,11 +428,17 @@ class DiffusionTask:
                                         run.workdir / "samples", None)
         if report is None:
             return {}
+        if len(report["buckets"]) > 1:
+            for label, b in report["buckets"].items():
+                print(f"{label}: {format_summary(b)}", file=sys.stderr)
+            return {"eval": report["summary"], "eval_buckets": report["buckets"]}
         print(format_summary(report["summary"]), file=sys.stderr)
-        return {"eval": report["summary"]}
+        return {"eval": report["summary"], "eval_buckets": report["buckets"]}
 
 
 def format_summary(s: dict) -> str:
+    if "motion" not in s:  # still images: colour and shape
+        return "evaluation on {n} prompts: colour {colour:.0%}, shape {shape:.0%}, both {all:.0%}".format(**s)
     return ("evaluation on {n} prompts: colour {colour:.0%}, shape {shape:.0%}, motion {motion:.0%}, "
             "all three {all:.0%}").format(**s)
 

@@ -83,13 +83,17 @@ class Setup:
     source: Any
     transform: Callable | None
     batch_ndims: dict[str, int]
-    # instead of source + transform: make(local_batch, process_index, process_count) -> an iterable of this process's
-    # batches with a grain iterator state (packed shards, vidjax.data.packed)
+    # instead of source + transform: make(local_batch, shard_index, shard_count) -> an iterable of this process's
+    # batches (its share ``shard_index`` of ``shard_count`` equal shares of every global batch) with a grain-style
+    # iterator state (packed shards, vidjax.data.packed; bucketed batches, vidjax.data.bucketed)
     dataset: Callable | None = None
     eval_every: int = 0
     params: int = 0
     tokens_per_sample: int = 0
     flops_per_sample: float | None = None  # training FLOPs (forward and backward) of one sample
+    # batches of several shapes (buckets): cost({key: shape}) -> (tokens per sample, training FLOPs per sample,
+    # bucket label); the loop then times each step and reports throughput per bucket
+    cost: Callable | None = None
 
 
 class Task(Protocol):
@@ -282,6 +286,18 @@ def fit(task: Task, config, workdir: str | Path) -> dict:
         return _train(task, run, summary, t_start)
 
 
+def _bucket_row(b: dict, peak: float) -> dict:
+    """One bucket's throughput over the steps that did not compile (``peak``: the mesh's FLOP/s, 0 if unknown)."""
+    sec = max(b["seconds"], 1e-9)
+    row = {"steps": b["steps"], "samples": b["samples"], "compile_seconds": round(b["compile_seconds"], 2)}
+    if b["steps"]:
+        row.update(steps_per_s=round(b["steps"] / sec, 4), samples_per_s=round(b["samples"] / sec, 3),
+                   tokens_per_s=round(b["tokens"] / sec, 1))
+        if peak:
+            row["mfu"] = round(b["flops"] / sec / peak, 4)
+    return row
+
+
 def _interrupted(summary: dict, workdir: Path, primary: bool, where: str) -> dict:
     summary["preempted"] = True
     if primary:
@@ -295,9 +311,10 @@ def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
     setup = task.setup(run)
     B, seed = t.batch_size, config.seed
     shd.check_batch(B, mesh)
+    start_row, stop_row = distributed.process_rows(mesh, B) if jax.process_count() > 1 else (0, B)
+    shard_count = B // (stop_row - start_row)  # equal shares of every global batch (1 on one process)
     if setup.dataset is not None:
-        start_row, stop_row = distributed.process_rows(mesh, B) if jax.process_count() > 1 else (0, B)
-        dataset = setup.dataset(stop_row - start_row, jax.process_index(), jax.process_count())
+        dataset = setup.dataset(stop_row - start_row, start_row // (stop_row - start_row), shard_count)
     elif jax.process_count() == 1:
         dataset = make_dataset(setup.source, setup.transform, batch_size=B, seed=seed,
                                num_threads=config.data.num_threads)
@@ -333,7 +350,7 @@ def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
 
     traces: list[dict] = []
     jit_step = jit_train_step(setup.step, setup.shardings, setup.batch_ndims, mesh, seed, traces)
-    peak, peak_source = mx.peak_flops_per_device() if setup.flops_per_sample else (0.0, "")
+    peak, peak_source = mx.peak_flops_per_device() if (setup.flops_per_sample or setup.cost) else (0.0, "")
     if peak:
         log.info("MFU against %.3g FLOP/s per device (%s) × %d devices", peak, peak_source, mesh.size)
 
@@ -344,7 +361,8 @@ def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
     pending: list = []
     streak, skipped, throughput = 0, 0, {}
     t_loop, eval_seconds = time.time(), 0.0
-    t_flush, steps_since = time.time(), 0
+    t_flush, steps_since, samples_since, tokens_since, flops_since = time.time(), 0, 0, 0.0, 0.0
+    buckets: dict[str, dict] = {}  # per bucket label: steps, samples, tokens, flops, seconds, compile_seconds
     done = start
     stopped = False
 
@@ -354,20 +372,43 @@ def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
     try:
         with metrics_path.open("a") if primary else open(os.devnull, "w") as mf:
             for step in range(start, t.steps):
-                batch = distributed.global_batch(next(data_iter), mesh, B)
+                local = next(data_iter)
+                rows = len(next(iter(local.values()))) * shard_count  # the global batch (a bucket's own size)
+                batch = distributed.global_batch(local, mesh, rows)
+                compiled, t_step = len(traces), time.time()
                 with jax.set_mesh(mesh):  # activations are constrained by logical names under this mesh
                     state, m = jit_step(state, batch, step)
+                if setup.cost is None:
+                    tokens, flops = setup.tokens_per_sample, setup.flops_per_sample or 0.0
+                else:  # buckets: time every step (a sync per step) to report each bucket's own throughput
+                    tokens, flops, label = setup.cost({k: tuple(v.shape) for k, v in batch.items()})
+                    jax.block_until_ready(m["loss"])
+                    b = buckets.setdefault(label, dict(steps=0, samples=0, tokens=0.0, flops=0.0, seconds=0.0,
+                                                       compile_seconds=0.0))
+                    if len(traces) > compiled:  # this step compiled the bucket's shape: not a throughput sample
+                        b["compile_seconds"] += time.time() - t_step
+                        log.info("bucket %s: compiled in %.1f s (step compilation %d)", label, time.time() - t_step,
+                                 len(traces))
+                    else:
+                        b["steps"] += 1
+                        b["samples"] += rows
+                        b["tokens"] += rows * tokens
+                        b["flops"] += rows * flops
+                        b["seconds"] += time.time() - t_step
                 pending.append((step + 1, m))
                 done, steps_since = step + 1, steps_since + 1
+                samples_since += rows
+                tokens_since += rows * tokens
+                flops_since += rows * flops
                 local_stop = jax.process_count() == 1 and run.stop.requested is not None
                 flush = done % t.log_every == 0 or done == t.steps or done % t.ckpt_every == 0 or local_stop
                 if flush:
                     host = shd.to_host(pending)
                     dt = max(time.time() - t_flush, 1e-9)
-                    throughput = {"steps_per_s": steps_since / dt,
-                                  "tokens_per_s": steps_since * B * setup.tokens_per_sample / dt}
+                    throughput = {"steps_per_s": steps_since / dt, "samples_per_s": samples_since / dt,
+                                  "tokens_per_s": tokens_since / dt}
                     if peak:
-                        throughput["mfu"] = steps_since * B * setup.flops_per_sample / dt / (peak * mesh.size)
+                        throughput["mfu"] = flops_since / dt / (peak * mesh.size)
                     host[-1] = (host[-1][0], {**host[-1][1], **throughput})
                     rows = mx.write_metrics(host, mf, run.writer)
                     for r in rows:
@@ -385,7 +426,8 @@ def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
                     last = rows[-1]
                     bar.set_postfix(loss=f"{last['loss']:.4f}", steps_per_s=f"{throughput['steps_per_s']:.2f}")
                     bar.update(len(pending))
-                    pending, t_flush, steps_since = [], time.time(), 0
+                    pending, t_flush, steps_since, samples_since, tokens_since, flops_since = [], time.time(), 0, \
+                        0, 0.0, 0.0
                 stopping = flush and run.stop.agreed()
                 if done % t.ckpt_every == 0 or done == t.steps or stopping:
                     ckpt.save(done, params=state["params"], ema=state["ema"], opt=state["opt"], rest=state["rest"],
@@ -401,11 +443,16 @@ def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
     finally:
         bar.close()
         ckpt.close()
+        if hasattr(data_iter, "close"):
+            data_iter.close()
     minutes = train_seconds() / 60
     log.info("the step was compiled %d time(s): %s", len(traces), traces)
     summary.update(steps=t.steps, resumed_from=start, train_minutes=round(minutes, 2),
                    params_M=round(setup.params / 1e6, 3), nonfinite_steps=skipped, step_compilations=len(traces),
                    **{k: round(v, 4) for k, v in throughput.items()})
+    if buckets:
+        summary["buckets"] = {label: _bucket_row(b, peak * mesh.size) for label, b in buckets.items()}
+        log.info("per bucket: %s", summary["buckets"])
     if stopped:
         summary["stopped_at"] = done
         if primary:

@@ -1,0 +1,95 @@
+"""Open-Sora's three-stage schedule on the built-in `shapes`, on a CPU: images, then video, then mixed buckets.
+
+    python -m vidjax.train --config configs/three_stage_shapes.py              # stage 0 (VAE) + stages 1-3
+    python -m vidjax.train --config configs/three_stage_shapes.py:quick        # the same path in seconds (CI)
+    python -m vidjax.train --config configs/three_stage_shapes.py --config.stages.stage3.train.steps=500
+
+The data mixes still images (a shape of a colour, "a red circle") and 17-frame clips at 64×64 and at 48×96 (a
+non-square aspect ratio). As in Open-Sora v1.1+, buckets (``data.bucket_config``, Open-Sora's format, over the
+small named sizes of ``data.resolutions``) decide which clips each stage sees, at which size and batch size:
+
+* stage 1: images only, at two resolutions (32px and 64px), temporal attention frozen at zero (an image model);
+* stage 2: 8-frame video at 32×32; temporal attention starts at zero (``init_reset``), so the model starts as the
+  stage-1 image model applied frame by frame;
+* stage 3: mixed buckets: 16 frames at 64×64 and 48×96, 8 frames at 32×32, and images.
+
+Each stage starts from the previous stage's final EMA weights, runs in ``runs/three_stage_shapes/<stage>``, and is
+evaluated on its buckets by vidjax.evaluate's judge (images on colour and shape). Stage 0 trains the causal VAE
+(configs/vae_shapes.py:stage0 on these clips' 8×32×32 windows) into ``vae.path`` when it holds none.
+"""
+
+from ml_collections import ConfigDict
+
+from vidjax.config import load_config_module
+from vidjax.errors import ConfigError
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    from pathlib import Path
+
+    c = load_config_module(Path(__file__).with_name("shapes_tiny.py")).get_config()
+    c.name = "three_stage_shapes"
+    d = c.data
+    d.root = "data/shapes_mix"
+    # (count, frames, height, width); 1 frame = a still image (PNG)
+    d.mix = [(1500, 1, 64, 64), (1000, 17, 64, 64), (800, 17, 48, 96)]
+    d.num_clips = 3300
+    # named sizes beyond Open-Sora's tables: one (height, width) per aspect ratio
+    d.resolutions = {"32px": [(32, 32)], "64px": [(64, 64), (48, 96)]}
+    d.bucket_config = {}  # set by each stage
+    d.bucket_batch = "global"
+    c.vae.path = "runs/vae_shapes_mix_stage0"
+    c.train.init_reset = ""
+    c.sample.buckets = []
+    c.sample.eval_every = 0
+    c.train.ckpt_every = 250
+
+    c.stages = ConfigDict({
+        "stage1": {
+            "data": {"bucket_config": {"64px": {1: (0.5, 16)}, "32px": {1: (1.0, 32)}}},
+            "model": {"freeze": "temporal"},
+            "train": {"steps": 1500, "warmup": 100},
+            "sample": {"buckets": ["1x32x32", "1x64x64"]},
+        },
+        "stage2": {
+            "data": {"bucket_config": {"32px": {8: (1.0, 16)}}},
+            "model": {"freeze": ""},
+            "train": {"steps": 1500, "warmup": 50, "init_reset": "attn_temp"},
+            "sample": {"buckets": ["8x32x32"]},
+        },
+        "stage3": {
+            "data": {"bucket_config": {"64px": {1: (0.5, 16), 16: (0.7, 8)}, "32px": {1: (1.0, 32), 8: (1.0, 16)}}},
+            "model": {"freeze": ""},
+            "train": {"steps": 3000, "warmup": 50},
+            "sample": {"buckets": ["16x64x64", "16x48x96", "1x64x64"]},
+        },
+    })
+
+    variants = [a for a in (arg or "").split(",") if a]
+    if set(variants) - {"quick"}:
+        raise ConfigError(f"unknown variant(s) {sorted(set(variants) - {'quick'})} of configs/three_stage_shapes.py; "
+                          "expected quick")
+    if "quick" in variants:  # CI-sized: no VAE (raw pixels, x0), tiny model, few clips and steps
+        c.name = "three_stage_quick"
+        d.root = "data/shapes_mix_quick"
+        d.mix = [(24, 1, 16, 16), (16, 9, 16, 16), (16, 9, 12, 24)]
+        d.num_clips = 56
+        d.frames, d.height, d.width = 4, 8, 8
+        d.resolutions = {"8px": [(8, 8)], "16px": [(16, 16), (12, 24)]}
+        c.vae = ConfigDict(dict(type="raw"))
+        c.model.patch = (1, 4, 4)
+        c.model.depth, c.model.hidden = 2, 32
+        c.diffusion.prediction = "x0"
+        c.diffusion.sample_steps = 2
+        c.train.log_every, c.train.ckpt_every = 1, 2
+        c.sample.num_prompts, c.sample.batch_size = 2, 2
+        s = c.stages
+        s.stage1.data.bucket_config = {"16px": {1: (0.5, 4)}, "8px": {1: (1.0, 8)}}
+        s.stage1.sample.buckets = ["1x8x8", "1x16x16"]
+        s.stage2.data.bucket_config = {"8px": {4: (1.0, 8)}}
+        s.stage2.sample.buckets = ["4x8x8"]
+        s.stage3.data.bucket_config = {"16px": {1: (0.5, 4), 8: (1.0, 4)}, "8px": {1: (1.0, 8), 4: (1.0, 8)}}
+        s.stage3.sample.buckets = ["8x16x16", "8x12x24", "1x16x16"]
+        for name in ("stage1", "stage2", "stage3"):
+            s[name].train.steps, s[name].train.warmup = 4, 1
+    return c
