@@ -3,6 +3,8 @@
     python -m vidjax.train --config configs/three_stage_shapes.py              # stage 0 (VAE) + stages 1-3
     python -m vidjax.train --config configs/three_stage_shapes.py:quick        # the same path in seconds (CI)
     python -m vidjax.train --config configs/three_stage_shapes.py --config.stages.stage3.train.steps=500
+    python -m vidjax.train --config configs/three_stage_shapes.py:stage3 --config.train.init_from=runs/x/stage2
+                                                                              # one stage alone, as a plain run
 
 The data mixes still images (a shape of a colour, "a red circle") and 17-frame clips at 64×64 and at 48×96 (a
 non-square aspect ratio). As in Open-Sora v1.1+, buckets (``data.bucket_config``, Open-Sora's format, over the
@@ -44,31 +46,31 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.sample.eval_every = 0
     c.train.ckpt_every = 250
 
-    c.stages = ConfigDict({
-        "stage1": {
-            "data": {"bucket_config": {"64px": {1: (0.5, 16)}, "32px": {1: (1.0, 32)}}},
-            "model": {"freeze": "temporal"},
-            "train": {"steps": 1500, "warmup": 100},
-            "sample": {"buckets": ["1x32x32", "1x64x64"]},
-        },
-        "stage2": {
-            "data": {"bucket_config": {"32px": {8: (1.0, 16)}}},
-            "model": {"freeze": ""},
-            "train": {"steps": 1500, "warmup": 50, "init_reset": "attn_temp"},
-            "sample": {"buckets": ["8x32x32"]},
-        },
-        "stage3": {
-            "data": {"bucket_config": {"64px": {1: (0.5, 16), 16: (0.7, 8)}, "32px": {1: (1.0, 32), 8: (1.0, 16)}}},
-            "model": {"freeze": ""},
-            "train": {"steps": 3000, "warmup": 50},
-            "sample": {"buckets": ["16x64x64", "16x48x96", "1x64x64"]},
-        },
-    })
+    c.stages = ConfigDict()
+    c.stages.stage1 = dict(  # text-to-image at two resolutions; temporal attention frozen at its zero init
+        data=dict(bucket_config={"64px": {1: (0.5, 16)}, "32px": {1: (1.0, 32)}}),
+        model=dict(freeze="temporal"),
+        train=dict(steps=1500, warmup=100),
+        sample=dict(buckets=["1x32x32", "1x64x64"]),
+    )
+    c.stages.stage2 = dict(  # 8-frame video at the low resolution; temporal attention starts again at zero
+        data=dict(bucket_config={"32px": {8: (1.0, 16)}}),
+        model=dict(freeze=""),
+        train=dict(steps=1500, warmup=50, init_reset="attn_temp"),
+        sample=dict(buckets=["8x32x32"]),
+    )
+    c.stages.stage3 = dict(  # mixed buckets: images and clips up to 16 frames, square and 1:2
+        data=dict(bucket_config={"64px": {1: (0.5, 16), 16: (0.7, 8)}, "32px": {1: (1.0, 32), 8: (1.0, 16)}}),
+        model=dict(freeze=""),
+        train=dict(steps=3000, warmup=50),
+        sample=dict(buckets=["16x64x64", "16x48x96", "1x64x64"]),
+    )
 
     variants = [a for a in (arg or "").split(",") if a]
-    if set(variants) - {"quick"}:
-        raise ConfigError(f"unknown variant(s) {sorted(set(variants) - {'quick'})} of configs/three_stage_shapes.py; "
-                          "expected quick")
+    known = {"quick", "stage1", "stage2", "stage3"}
+    if set(variants) - known:
+        raise ConfigError(f"unknown variant(s) {sorted(set(variants) - known)} of configs/three_stage_shapes.py; "
+                          "expected quick and/or one of stage1, stage2, stage3")
     if "quick" in variants:  # CI-sized: no VAE (raw pixels, x0), tiny model, few clips and steps
         c.name = "three_stage_quick"
         d.root = "data/shapes_mix_quick"
@@ -84,12 +86,19 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.train.log_every, c.train.ckpt_every = 1, 2
         c.sample.num_prompts, c.sample.batch_size = 2, 2
         s = c.stages
-        s.stage1.data.bucket_config = {"16px": {1: (0.5, 4)}, "8px": {1: (1.0, 8)}}
+        s.stage1.data.bucket_config = {"16px": {1: (0.5, 8)}, "8px": {1: (1.0, 8)}}
         s.stage1.sample.buckets = ["1x8x8", "1x16x16"]
         s.stage2.data.bucket_config = {"8px": {4: (1.0, 8)}}
         s.stage2.sample.buckets = ["4x8x8"]
-        s.stage3.data.bucket_config = {"16px": {1: (0.5, 4), 8: (1.0, 4)}, "8px": {1: (1.0, 8), 4: (1.0, 8)}}
+        s.stage3.data.bucket_config = {"16px": {1: (0.5, 8), 8: (1.0, 8)}, "8px": {1: (1.0, 8), 4: (1.0, 8)}}
         s.stage3.sample.buckets = ["8x16x16", "8x12x24", "1x16x16"]
         for name in ("stage1", "stage2", "stage3"):
             s[name].train.steps, s[name].train.warmup = 4, 1
+    chosen = [v for v in variants if v.startswith("stage")]
+    if len(chosen) > 1:
+        raise ConfigError(f"configs/three_stage_shapes.py: choose one stage, got {chosen}")
+    if chosen:  # one stage as a plain run (no schedule): its settings merged into the shared ones
+        from vidjax.training.schedule import stage_configs
+
+        return dict(stage_configs(c))[chosen[0]]
     return c

@@ -67,6 +67,7 @@ def check_parallel(config, mesh, vae, size: tuple[int, int, int] | None = None) 
     if seq == 1:
         return
     d, m = config.data, config.model
+    bucket = None if size is None else "x".join(map(str, size))
     size = size or (d.frames, d.height, d.width)
     lt, lh, lw = vae.latent_shape(*size)
     frames, tokens = lt // m.patch[0], (lh // m.patch[1]) * (lw // m.patch[2])
@@ -81,8 +82,9 @@ def check_parallel(config, mesh, vae, size: tuple[int, int, int] | None = None) 
             raise ConfigError(f"config.data.height/width give {tokens} tokens per frame, not divisible by mesh "
                               f"sequence={seq} (sequence_parallel='ring')")
     elif frames % seq:
-        raise ConfigError(f"{size[0]} frames (config.data) give {frames} latent frames (VAE stride "
-                          f"{vae.downsample[0]}, patch {m.patch[0]}), not divisible by mesh sequence={seq}")
+        where = f"config.data.frames={size[0]} gives" if bucket is None else f"bucket {bucket}: {size[0]} frames give"
+        raise ConfigError(f"{where} {frames} latent frames (VAE stride {vae.downsample[0]}, patch {m.patch[0]}), "
+                          f"not divisible by mesh sequence={seq}")
 
 
 def stage0_config(config) -> ml_collections.ConfigDict | None:

@@ -4,11 +4,10 @@ A config with a ``stages`` section is a schedule: the rest of the config is shar
 changes (plain nested values; ``data.bucket_config``, ``data.resolutions`` and ``sample.buckets`` are replaced
 whole, other sections merged field by field)::
 
-    c.stages = ConfigDict({
-        "stage1": {"data": {"bucket_config": {...}}, "model": {"freeze": "temporal"}, "train": {"steps": 2000}},
-        "stage2": {"data": {"bucket_config": {...}}, "train": {"steps": 2000, "init_reset": "attn_temp"}},
-        ...
-    })
+    c.stages = ConfigDict()
+    c.stages.stage1 = dict(data=dict(bucket_config={...}), model=dict(freeze="temporal"), train=dict(steps=2000))
+    c.stages.stage2 = dict(data=dict(bucket_config={...}), train=dict(steps=2000, init_reset="attn_temp"))
+    ...
 
 ``python -m vidjax.train --config configs/three_stage_shapes.py`` then runs the stages in name order, each in
 ``<workdir>/<stage>`` with the shared loop (stage 0, the VAE, runs first when the config's VAE is absent). A stage
