@@ -17,7 +17,8 @@ small named sizes of ``data.resolutions``) decide which clips each stage sees, a
 
 Each stage starts from the previous stage's final EMA weights, runs in ``runs/three_stage_shapes/<stage>``, and is
 evaluated on its buckets by vidjax.evaluate's judge (images on colour and shape). Stage 0 trains the causal VAE
-(configs/vae_shapes.py:stage0 on these clips' 8×32×32 windows) into ``vae.path`` when it holds none.
+(configs/vae_shapes.py:stage0_images on these clips' 8×32×32 windows and, alone, their frames as still images)
+into ``vae.path`` when it holds none.
 """
 
 from ml_collections import ConfigDict
@@ -40,7 +41,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     d.resolutions = {"32px": [(32, 32)], "64px": [(64, 64), (48, 96)]}
     d.bucket_config = {}  # set by each stage
     d.bucket_batch = "global"
-    c.vae.path = "runs/vae_shapes_mix_stage0"
+    c.vae.path = "runs/vae_shapes_mix_stage0_images"
+    c.vae.train_config = "configs/vae_shapes.py:stage0_images"  # the VAE also learns still images
     c.train.init_reset = ""
     c.sample.buckets = []
     c.sample.eval_every = 0
@@ -50,7 +52,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.stages.stage1 = dict(  # text-to-image at two resolutions; temporal attention frozen at its zero init
         data=dict(bucket_config={"64px": {1: (0.5, 16)}, "32px": {1: (1.0, 32)}}),
         model=dict(freeze="temporal"),
-        train=dict(steps=1500, warmup=100),
+        train=dict(steps=2500, warmup=100),
         sample=dict(buckets=["1x32x32", "1x64x64"]),
     )
     c.stages.stage2 = dict(  # 8-frame video at the low resolution; temporal attention starts again at zero
@@ -62,7 +64,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.stages.stage3 = dict(  # mixed buckets: images and clips up to 16 frames, square and 1:2
         data=dict(bucket_config={"64px": {1: (0.5, 16), 16: (0.7, 8)}, "32px": {1: (1.0, 32), 8: (1.0, 16)}}),
         model=dict(freeze=""),
-        train=dict(steps=3000, warmup=50),
+        train=dict(steps=4000, warmup=50),
         sample=dict(buckets=["16x64x64", "16x48x96", "1x64x64"]),
     )
 

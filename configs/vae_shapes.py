@@ -4,6 +4,7 @@
     python -m vidjax.train --config configs/vae_shapes.py:vq          # VideoGPT-style VQ-VAE, 4×8×8
     python -m vidjax.train --config configs/vae_shapes.py:adversarial # + PatchGAN term after step 1000
     python -m vidjax.train --config configs/vae_shapes.py:stage0      # batch 4: stage 0 of shapes_tiny.py
+    python -m vidjax.train --config configs/vae_shapes.py:stage0_images  # + still images: three_stage_shapes.py
     python -m vidjax.train --config configs/vae_shapes.py:quick       # seconds: the CI smoke run
 
 The trained VAE is then a ``vae`` entry for the diffusion configs:
@@ -61,6 +62,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         l2=1.0,
         kl_weight=1e-6,  # LDM / Open-Sora's weight on the summed KL (divided by pixels like the recon terms)
         sample_posterior=True,  # decode a posterior sample (False: the mean, a plain autoencoder + KL term)
+        image_weight=0.0,  # + a random frame of each clip reconstructed alone, as a still image (1-frame video)
         ssim_weight=0.0,  # optional structural (perceptual-style) term: weight · (1 - SSIM)
         adversarial_weight=0.0,  # optional hinge PatchGAN term, from step adversarial_start
         adversarial_start=0,
@@ -100,6 +102,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.name = "vae_shapes_stage0"
         c.train.update(steps=5000, batch_size=4, ckpt_every=1000)
         c.eval.every = 1000
+    elif arg == "stage0_images":  # stage 0 of configs/three_stage_shapes.py: the VAE also serves image buckets
+        c.name = "vae_shapes_stage0_images"
+        c.train.update(steps=4000, batch_size=4, ckpt_every=1000)
+        c.loss.image_weight = 0.5
+        c.eval.every = 1000
     elif arg == "quick":  # CI-sized: same code path, seconds
         c.name = "vae_shapes_quick"
         c.data.num_clips, c.data.root = 32, "data/shapes_quick"
@@ -107,6 +114,6 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.train.update(steps=6, batch_size=8, warmup=2, log_every=1, ckpt_every=3)
         c.eval.update(clips=4, batch_size=4, every=0, show=2)
     elif arg:
-        raise ConfigError(f"unknown variant {arg!r} of configs/vae_shapes.py; expected vq, adversarial, stage0 "
-                          "or quick")
+        raise ConfigError(f"unknown variant {arg!r} of configs/vae_shapes.py; expected vq, adversarial, stage0, "
+                          "stage0_images or quick")
     return c

@@ -270,3 +270,33 @@ def test_crop_to_bucket():
     assert out[:, 0, 0, 0].tolist() == [2, 5, 8, 11]
     with pytest.raises(ValueError, match="cannot fill"):
         crop_to_bucket(clip[:5], a, frame_interval=3)
+
+
+# --------------------------------------------------------------------------------------
+# Custom named resolutions (``data.resolutions``): small sizes for CPU runs, e.g. configs/three_stage_shapes.py
+# --------------------------------------------------------------------------------------
+
+def test_custom_resolutions_assign_by_pixels_and_aspect_ratio():
+    table = {"64px": {1: (1.0, 4), 16: (1.0, 2)}, "32px": {1: (1.0, 8), 8: (1.0, 4)}}
+    cfg = BucketConfig.parse(table, resolutions={"32px": [(32, 32)], "64px": [(64, 64), (48, 96)]})
+    assert [res for res, _ in cfg.resolutions] == ["64px", "32px"]  # most pixels first
+    # the 64px reference area is the square's, 4096: a clip needs 80% of it (3277 px) to go there
+    assert cfg.assign(17, 64, 64, 0, clip_index=0) == Assignment("64px", 16, "1.00", (64, 64))
+    assert cfg.assign(17, 48, 96, 0, clip_index=0) == Assignment("64px", 16, "0.50", (48, 96))  # 4608 px, 1:2
+    assert cfg.assign(17, 56, 56, 0, clip_index=0) == Assignment("32px", 8, "1.00", (32, 32))  # 3136 < 3277
+    assert cfg.assign(1, 64, 64, 0, clip_index=0) == Assignment("64px", 1, "1.00", (64, 64))  # an image
+    assert cfg.assign(5, 64, 64, 0, clip_index=0) is None  # too short for 8 frames; a clip never goes to 1 (v1.2)
+    assert cfg.assign(1, 16, 16, 0, clip_index=0) is None  # below every resolution
+    assert sorted(s for _, s in cfg.shapes()) == [(1, 32, 32), (1, 48, 96), (1, 64, 64), (8, 32, 32), (16, 48, 96),
+                                                  (16, 64, 64)]
+    assert cfg.scaled(3).batch_size("64px", 16) == 6
+
+
+@pytest.mark.parametrize("resolutions, needle", [
+    ({"8px": [(8, 0)]}, r"data.resolutions\['8px'\]: expected a list of \(height, width\) positive ints"),
+    ({"8px": []}, r"data.resolutions\['8px'\]: expected a list"),
+    ([(8, 8)], r"data.resolutions: expected \{name: \[\(height, width\), ...\]\}"),
+])
+def test_custom_resolution_errors(resolutions, needle):
+    with pytest.raises(ConfigError, match=needle):
+        BucketConfig.parse({"8px": {1: (1.0, 4)}}, resolutions=resolutions)

@@ -123,6 +123,35 @@ def test_bad_configs_are_one_line_errors(tmp_path):
         get_config("vqq")
 
 
+def test_image_term_reconstructs_one_frame_alone_as_a_still(tmp_path):
+    """``loss.image_weight``: each step also reconstructs one frame of each clip as a 1-frame video (zero-padded in
+    front by the causal VAE), so a mixed schedule's image buckets have a VAE that has seen stills."""
+    from vidjax.training.state import ModelParts, make_optimizer
+
+    c = quick_config(tmp_path, **{"loss.sample_posterior": False})
+    model = build_vae(c.vae)
+    parts = ModelParts(model, nnx.Param)
+    tx = make_optimizer(c.train)
+    state = {"params": {"vae": parts.params}, "ema": parts.params, "opt": {"vae": tx.init(parts.params)},
+             "rest": {"vae": parts.rest, "step": jnp.int32(0)}}
+    x = jax.random.uniform(jax.random.key(1), (2, 8, 32, 32, 3), minval=-1, maxval=1)
+    rng = jax.random.key(2)
+    c.loss.image_weight = 0.5
+    _, m = jax.jit(train_vae.make_train_step(parts, tx, "causal_vae", c.loss, 0.99))(state, x, rng)
+    image_l2 = float(m["image_l2"])
+    # the term is one frame's reconstruction error: equal to one of the per-frame errors of stills
+    stills = x.reshape(16, 1, 32, 32, 3)  # every frame of both clips alone
+    err = jnp.square(model(stills)[0] - stills).reshape(2, 8, -1)
+    per_frame = [float(v) for v in err.mean(axis=(0, 2))]
+    assert min(abs(image_l2 - e) for e in per_frame) < 1e-6 * max(per_frame), (image_l2, per_frame)
+    lo = c.loss
+    clip_loss = lo.l1 * m["l1"] + lo.l2 * m["l2"] + lo.kl_weight * m["kl"] / x[0].size
+    assert float(m["loss"] - clip_loss) == pytest.approx(0.5 * image_l2, rel=1e-3)  # + the still's tiny KL term
+    c.loss.image_weight = -1.0
+    with pytest.raises(ValueError, match=r"config.loss.image_weight=-1.0 must be >= 0"):
+        train_vae.check_config(c)
+
+
 def test_ssim_matches_scikit_image():
     skm = pytest.importorskip("skimage.metrics")
     rs = np.random.RandomState(0)

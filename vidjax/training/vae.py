@@ -21,6 +21,12 @@ The loss, per pixel (videos in [-1, 1]):
                                                         ``sample_posterior=False``)
     ``+ commitment``                                    (VQ-VAE: the model's weighted commitment loss)
     ``+ adversarial_weight · -D(x̂)``                    (from step ``adversarial_start``; hinge PatchGAN)
+    ``+ image_weight · (l1 · |f - f̂| + l2 · (f - f̂)²)``   (one random frame f of each clip as a still image)
+
+Images pass through a causal VAE as 1-frame videos, front-padded with zeros to the temporal factor, which
+clip windows never show it; Open-Sora v1.2 trains its VAE on images too (``mixed_strategy``). With
+``image_weight > 0`` each step also reconstructs one random frame of each clip alone (one compiled shape, no
+second data path), so the VAE serves the image buckets of a mixed schedule.
 
 The SSIM term is the optional perceptual-style term (no pretrained LPIPS network is needed);
 the adversarial term trains a small causal 3D PatchGAN discriminator alongside, with its own Adam.
@@ -82,6 +88,12 @@ def check_config(config) -> None:
     lo = config.loss
     if min(lo.l1, lo.l2, lo.kl_weight, lo.ssim_weight, lo.adversarial_weight) < 0:
         raise ConfigError("config.loss weights (l1, l2, kl_weight, ssim_weight, adversarial_weight) must be >= 0")
+    image_weight = lo.get("image_weight", 0.0)
+    if image_weight < 0:
+        raise ConfigError(f"config.loss.image_weight={image_weight} must be >= 0")
+    if image_weight and kind != "causal_vae":
+        raise ConfigError(f"config.loss.image_weight={image_weight}: still images are trained with the causal_vae "
+                          f"only, not config.vae.type={kind!r}")
     if lo.l1 + lo.l2 + lo.ssim_weight == 0:
         raise ConfigError("config.loss: l1, l2 and ssim_weight are all 0: nothing to reconstruct with")
     d = config.data
@@ -236,6 +248,16 @@ def make_train_step(parts: ModelParts, tx, kind: str, loss_cfg, ema_decay: float
                 s = jnp.mean(ssim((x + 1) / 2, (recon + 1) / 2))
                 loss = loss + lo.ssim_weight * (1 - s)
                 aux["ssim"] = s
+            if lo.get("image_weight", 0.0):
+                f_rng, d_rng = jax.random.split(jax.random.fold_in(rng, 1))
+                t = jax.random.randint(f_rng, (), 0, x.shape[1])
+                f = jax.lax.dynamic_slice_in_dim(x, t, 1, axis=1)  # [B, 1, H, W, C]: a still image
+                f_recon, f_mean, f_logvar = model(f, rng=d_rng if lo.sample_posterior else None)
+                f_reg = lo.kl_weight * jnp.mean(gaussian_kl(f_mean, f_logvar)) / math.prod(f.shape[1:])
+                f_err = f_recon - f
+                image_l2 = jnp.mean(jnp.square(f_err))
+                loss = loss + lo.image_weight * (lo.l1 * jnp.mean(jnp.abs(f_err)) + lo.l2 * image_l2 + f_reg)
+                aux["image_l2"] = image_l2
             if adversarial:
                 g_adv = -jnp.mean(disc.merge(state["params"]["disc"])(recon))
                 loss = loss + adv_on * lo.adversarial_weight * g_adv
@@ -334,6 +356,10 @@ def evaluate(reconstruct, params, rest, clips: np.ndarray, batch_size: int,
     if seen_clips is not None:
         seen = to_uint8(reconstruct_clips(reconstruct, params, rest, seen_clips, batch_size)[0])
         metrics.update({f"detect_{k}": v for k, v in agreement(seen_clips, seen).items()})
+        stills = seen_clips[:, :1]  # the first frames alone, as images: the ceiling for an image bucket
+        seen = to_uint8(reconstruct_clips(reconstruct, params, rest, stills, batch_size)[0])
+        agree = agreement(stills, seen)
+        metrics.update(detect_image_colour=agree["colour"], detect_image_shape=agree["shape"])
     return metrics, to_uint8(recon)
 
 
