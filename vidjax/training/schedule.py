@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import ml_collections
@@ -70,13 +71,16 @@ def run_schedule(config, workdir: str | Path) -> dict:
     from vidjax.training.loop import fit
 
     workdir = Path(workdir).absolute()
+    start = time.time()
     summaries: dict[str, dict] = {}
     previous: Path | None = None
     for name, c in stage_configs(config):
         stage_dir = workdir / name
-        if previous is not None and not c.train.get("init_from"):
-            with c.unlocked():
+        with c.unlocked():
+            if previous is not None and not c.train.get("init_from"):
                 c.train.init_from = str(previous)
+            if not c.train.get("compilation_cache"):  # a bucket shape seen in any stage or run compiles once
+                c.train.compilation_cache = str(workdir / "jax_cache")
         print(f"== {name}: {stage_dir}" + (f" (from {c.train.init_from})" if c.train.get("init_from") else ""),
               file=sys.stderr)
         summary = fit(make_task(c), c, stage_dir)
@@ -85,7 +89,7 @@ def run_schedule(config, workdir: str | Path) -> dict:
             print(f"stopped in {name}; rerun the same command to continue from it", file=sys.stderr)
             return {"stages": summaries, "preempted": True}
         previous = stage_dir
-    combined = {"stages": summaries}
+    combined = {"stages": summaries, "wall_minutes_this_run": round((time.time() - start) / 60, 2)}
     (workdir / "summary.json").write_text(json.dumps(combined, indent=2))
     (workdir / "stages.md").write_text(stages_table(summaries))
     print(stages_table(summaries), file=sys.stderr)
@@ -94,14 +98,14 @@ def run_schedule(config, workdir: str | Path) -> dict:
 
 def stages_table(summaries: dict[str, dict]) -> str:
     """A Markdown table: per stage and evaluated bucket, the judge's accuracies, steps and minutes."""
-    lines = ["| stage | bucket | colour | shape | motion | all | steps | train min |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| stage | bucket | colour | shape | motion | all | steps | train min | stage min |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, s in summaries.items():
         buckets = (s.get("eval_buckets") or {"": s.get("eval") or {}})
         for label, e in buckets.items():
             cells = [f"{e[k]:.0%}" if k in e else "–" for k in ("colour", "shape", "motion", "all")]
             lines.append(f"| {name} | {label} | " + " | ".join(cells) + f" | {s.get('steps', '')} | "
-                         f"{s.get('train_minutes', '')} |")
+                         f"{s.get('train_minutes', '')} | {s.get('total_minutes', '')} |")
     return "\n".join(lines) + "\n"
 
 

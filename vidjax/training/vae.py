@@ -404,7 +404,7 @@ class VAETask:
                                                 report=workdir / "skipped_clips.txt" if run.primary else None,
                                                 keep_decoded=d.cache_in_memory, progress=run.progress)
         if skipped and run.primary:
-            print(f"skipped {len(skipped)} unreadable clip(s); see {workdir / 'skipped_clips.txt'}", file=sys.stderr)
+            print(f"skipped {len(skipped)} unreadable or too short clip(s); see {workdir / 'skipped_clips.txt'}", file=sys.stderr)
         transform = make_transform(d.frames, d.height, d.width, _no_text, d.frame_interval)
         self.eval_clips, self.eval_split = heldout_clips(config, records, workdir)
         self.seen_clips = None  # shapes: also measure what the judge reads back from reconstructed training clips
