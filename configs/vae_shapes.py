@@ -84,6 +84,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         log_every=20,
         ckpt_every=400,
         keep_checkpoints=2,
+        crop_prob=0.0,  # fraction of windows cropped at the clip's own scale instead of resized whole
     ))
 
     # PSNR / SSIM on held-out clips (shapes: the `heldout` split of unseen (shape, colour) pairs)
@@ -105,6 +106,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     elif arg == "stage0_images":  # stage 0 of configs/three_stage_shapes.py: the VAE also serves image buckets
         c.name = "vae_shapes_stage0_images"
         c.train.update(steps=4000, batch_size=4, ckpt_every=1000)
+        c.train.crop_prob = 0.5  # half the windows cropped from 64×64 / 48×96 clips at their own scale, not resized
         c.loss.image_weight = 0.5
         c.eval.every = 1000
     elif arg == "quick":  # CI-sized: same code path, seconds

@@ -153,3 +153,25 @@ def test_decoded_cache_is_dropped_when_too_large(shapes_root):
     assert len(good) == 6 and clips is None  # the loader then reads from disk
     good, clips, _ = probe_records(recs, 8, keep_decoded=True, progress=False)
     assert len(clips) == 6
+
+
+def test_crop_prob_takes_windows_at_the_clips_own_scale():
+    """``crop_prob``: a window is either the whole frame resized or a crop at native scale; 0 keeps the old stream."""
+    clip, _ = shapes.make_clip(1, 0, 8, 64, 64)  # 64×64: a 32×32 crop shows the object at twice the resized scale
+    ex = {"video": clip, "captions": ["x"]}
+    no_text = lambda texts: {}  # noqa: E731
+    resized = make_transform(8, 32, 32, no_text)(ex, np.random.default_rng(0))["video"]
+    np.testing.assert_array_equal(resized, resize_clip(clip, 32, 32).astype(np.float32) / 127.5 - 1.0)
+    crops = [make_transform(8, 32, 32, no_text, crop_prob=1.0)(ex, np.random.default_rng(s))["video"]
+             for s in range(8)]
+    u8 = [np.round((c + 1) * 127.5).astype(np.uint8) for c in crops]
+    windows = {(y, x): clip[:, y:y + 32, x:x + 32] for y in range(33) for x in range(33)}
+    assert all(any(np.array_equal(c, w) for w in windows.values()) for c in u8)  # every one a native crop
+    assert len({c.tobytes() for c in u8}) > 1  # at random places
+    mixed = [make_transform(8, 32, 32, no_text, crop_prob=0.5)(ex, np.random.default_rng(s))["video"]
+             for s in range(16)]
+    n_resized = sum(np.array_equal(m, resized) for m in mixed)
+    assert 2 <= n_resized <= 14
+    small = {"video": shapes.make_clip(1, 0, 8, 16, 16)[0], "captions": ["x"]}  # too small to crop: resized
+    out = make_transform(8, 32, 32, no_text, crop_prob=1.0)(small, np.random.default_rng(0))["video"]
+    assert out.shape == (8, 32, 32, 3)

@@ -122,9 +122,24 @@ def in_batches(fn: Callable, x: np.ndarray, batch_size: int, desc: str | None = 
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
-def make_transform(frames: int, height: int, width: int, text_fn: Callable, frame_interval: int = 1):
+def random_crop(clip: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray | None:
+    """A random ``height × width`` crop of ``clip [T, H, W, 3]`` at its own scale; None if a side is too small."""
+    H, W = clip.shape[1:3]
+    if H < height or W < width:
+        return None
+    y, x = int(rng.integers(0, H - height + 1)), int(rng.integers(0, W - width + 1))
+    return clip[:, y : y + height, x : x + width]
+
+
+def make_transform(frames: int, height: int, width: int, text_fn: Callable, frame_interval: int = 1,
+                   crop_prob: float = 0.0):
     """(record, rng) -> model example: a random window of frames, resized, and a random caption through
-    ``text_fn(texts) -> {name: array [B, ...]}`` (token ids, or a frozen encoder's cached embeddings)."""
+    ``text_fn(texts) -> {name: array [B, ...]}`` (token ids, or a frozen encoder's cached embeddings).
+
+    With ``crop_prob > 0`` that fraction of windows is a random ``height × width`` crop at the clip's own scale
+    instead of the whole frame resized (a VAE trained on small windows then also sees the object sizes of larger
+    buckets); the draws are made only then, so ``crop_prob = 0`` keeps the random stream unchanged.
+    """
 
     span = (frames - 1) * frame_interval + 1
 
@@ -134,7 +149,11 @@ def make_transform(frames: int, height: int, width: int, text_fn: Callable, fram
             out = {"latent": np.asarray(ex["latent"], np.float32)}
         else:
             start = int(rng.integers(0, len(ex["video"]) - span + 1))
-            clip = window(ex["video"], start, frames, height, width, frame_interval)
+            clip = None
+            if crop_prob > 0 and rng.random() < crop_prob:
+                clip = random_crop(ex["video"][start : start + span : frame_interval], height, width, rng)
+            if clip is None:
+                clip = window(ex["video"], start, frames, height, width, frame_interval)
             out = {"video": clip.astype(np.float32) / 127.5 - 1.0}
         text = ex["captions"][int(rng.integers(len(ex["captions"])))]
         return {**out, **{k: v[0] for k, v in text_fn([text]).items()}}

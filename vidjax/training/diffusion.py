@@ -269,7 +269,8 @@ class DiffusionTask:
                                                 report=workdir / "skipped_clips.txt" if primary else None,
                                                 keep_decoded=d.cache_in_memory, progress=run.progress, sizes=sizes)
         if skipped and primary:
-            print(f"skipped {len(skipped)} unreadable or too short clip(s); see {workdir / 'skipped_clips.txt'}", file=sys.stderr)
+            print(f"skipped {len(skipped)} unreadable or too short clip(s); see {workdir / 'skipped_clips.txt'}",
+                  file=sys.stderr)
         assignments = assign_all(table, sizes, config.seed, d.frame_interval)
         key, load = "video", clip_loader(records, clips, d.frame_interval)
         if d.get("cache_latents", False) and config.vae.type != "raw":
@@ -321,7 +322,8 @@ class DiffusionTask:
                                                 report=workdir / "skipped_clips.txt" if primary else None,
                                                 keep_decoded=d.cache_in_memory, progress=run.progress)
         if skipped and primary:
-            print(f"skipped {len(skipped)} unreadable or too short clip(s); see {workdir / 'skipped_clips.txt'}", file=sys.stderr)
+            print(f"skipped {len(skipped)} unreadable or too short clip(s); see {workdir / 'skipped_clips.txt'}",
+                  file=sys.stderr)
         source = VideoSource(records, clips)
         if d.get("cache_latents", False) and config.vae.type != "raw":
             if clips is None:

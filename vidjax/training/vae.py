@@ -404,8 +404,12 @@ class VAETask:
                                                 report=workdir / "skipped_clips.txt" if run.primary else None,
                                                 keep_decoded=d.cache_in_memory, progress=run.progress)
         if skipped and run.primary:
-            print(f"skipped {len(skipped)} unreadable or too short clip(s); see {workdir / 'skipped_clips.txt'}", file=sys.stderr)
-        transform = make_transform(d.frames, d.height, d.width, _no_text, d.frame_interval)
+            print(f"skipped {len(skipped)} unreadable or too short clip(s); see {workdir / 'skipped_clips.txt'}",
+                  file=sys.stderr)
+        crop_prob = float(t.get("crop_prob", 0.0))
+        if not 0.0 <= crop_prob <= 1.0:
+            raise ConfigError(f"config.train.crop_prob={crop_prob}: expected a probability in [0, 1]")
+        transform = make_transform(d.frames, d.height, d.width, _no_text, d.frame_interval, crop_prob=crop_prob)
         self.eval_clips, self.eval_split = heldout_clips(config, records, workdir)
         self.seen_clips = None  # shapes: also measure what the judge reads back from reconstructed training clips
         if not d.captions:
