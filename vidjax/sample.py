@@ -43,7 +43,7 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
             return nnx.merge(graphdef, jax.tree.map(lambda v: v, state))(x, t, c, drop)
 
         z = diffusion.sample(model_fn, noise, cond, rng, steps=steps, cfg_scale=cfg_scale)
-        return vae.decode(z)
+        return vae.decode(z, num_frames=d.frames)  # a causal VAE's front padding cropped (an image: 1 frame)
 
     out = []
     for i in tqdm(range(0, len(prompts), batch_size), desc="sampling", disable=not progress, unit="batch"):
