@@ -55,3 +55,28 @@ def test_agreement_is_one_on_copies_and_drops_when_blur_rounds_the_shapes(truth)
     a = agreement(clips, blurred)
     assert a["shape"] < 0.8 and a["all"] <= a["shape"], a  # a soft-edged triangle reads as a circle
     assert a["colour"] == 1.0, a
+
+
+def test_image_samples_are_one_frame_through_a_causal_vae():
+    """An image bucket (1 frame) through the causal VAE (4× in time, front-padded): generate returns exactly one
+    frame per prompt, not the decoder's 4 (3 of them reconstructions of the padding)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from configs.shapes_tiny import get_config
+    from configs.vae_shapes import get_config as vae_config
+    from vidjax.diffusion import build_diffusion
+    from vidjax.models.t2v import build_model, text_inputs
+    from vidjax.models.vae import build_vae
+    from vidjax.sample import generate
+
+    c = get_config("quick")
+    c.vae = vae_config("quick").vae
+    c.data.frames, c.data.height, c.data.width = 1, 32, 32
+    c.model.patch = (1, 2, 2)
+    vae = build_vae(c.vae)
+    model = build_model(c, nnx.Rngs(0), latent_channels=vae.latent_channels)
+    assert vae.latent_shape(1, 32, 32)[0] == 1 and vae.decode(jnp.zeros((1, 1, 4, 4, 4))).shape[1] == 4
+    clips = generate(model, c, vae, build_diffusion(c.diffusion), text_inputs(c), ["a red circle"] * 2, steps=2,
+                     batch_size=2)
+    assert clips.shape == (2, 1, 32, 32, 3) and clips.dtype == np.uint8
