@@ -2,8 +2,14 @@
 
     python -m vidjax.sample --workdir runs/shapes_tiny --prompt "a blue square moving up" --out out.mp4
     python -m vidjax.sample --workdir runs/shapes_tiny --prompts prompts.txt --out samples/
+    python -m vidjax.sample --workdir runs/three_stage_shapes/stage3 --prompt "a red circle moving left" \
+        --num_frames 16 --resolution 64px --aspect_ratio 1:2 --steps 50 --cfg_scale 5 --out samples/
 
-Writes mp4 files and a PNG grid of frames (one row per prompt) next to them.
+Per prompt ``<index>_<slug>.mp4``, an animated ``.gif`` and a frame-strip ``.png``, plus ``grid.png`` (a row per
+prompt). The size defaults to the training clip size; ``--num_frames``, ``--height`` / ``--width`` or a bucket name
+(``--resolution`` with ``--aspect_ratio``, Open-Sora's tables plus the run's ``data.resolutions``) choose another.
+Prompts are spread data-parallel over every local device (one compiled batch, padded to a multiple of the device
+count); prompt ``i`` gets the same starting noise on any number of devices.
 """
 
 from __future__ import annotations
@@ -21,19 +27,34 @@ from tqdm import tqdm
 
 from vidjax import cli
 from vidjax.cli import check_writable
-from vidjax.data.video_io import frame_grid, save_png, write_video
+from vidjax.data.video_io import frame_grid, save_png, write_gif, write_video
 from vidjax.errors import ConfigError, InputError, MissingFileError
 
 
 def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, seed: int = 0, steps: int | None = None,
-             cfg_scale: float | None = None, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
-    """Sample one clip per prompt: uint8 [N, T, H, W, 3]. Prompt i always gets noise ``fold_in(seed, i)``."""
+             cfg_scale: float | None = None, batch_size: int | None = None, progress: bool = False, mesh=None,
+             vae_batch: int | None = None) -> np.ndarray:
+    """Sample one clip per prompt at the ``config.data`` size: uint8 [N, T, H, W, 3].
+
+    Prompt i always gets noise ``fold_in(seed, i)``. With a ``mesh`` the batch is split over its data axes (the batch
+    size rounded up to a multiple of them) and the weights replicated. ``vae_batch`` decodes that many clips at a
+    time (memory for long clips; default the whole batch).
+    """
+    from vidjax.parallel import sharding as shd
+
     d = config.data
     steps = steps or config.diffusion.sample_steps
     cfg_scale = config.diffusion.cfg_scale if cfg_scale is None else cfg_scale
     batch_size = batch_size or config.sample.get("batch_size", 16)
     lt, lh, lw = vae.latent_shape(d.frames, d.height, d.width)
     graphdef, state = nnx.split(model)
+    place = lambda x: x  # noqa: E731
+    if mesh is not None:
+        shards = shd.batch_shards(mesh)
+        batch_size = -(-batch_size // shards) * shards
+        state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        place = lambda x: jax.device_put(x, shd.batch_sharding(mesh, x.ndim))  # noqa: E731
+    vae_batch = min(vae_batch or batch_size, batch_size)
 
     @jax.jit
     def run(state, noise, cond, rng):
@@ -42,8 +63,11 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
         def model_fn(x, t, c, drop):
             return nnx.merge(graphdef, jax.tree.map(lambda v: v, state))(x, t, c, drop)
 
-        z = diffusion.sample(model_fn, noise, cond, rng, steps=steps, cfg_scale=cfg_scale)
-        return vae.decode(z, num_frames=d.frames)  # a causal VAE's front padding cropped (an image: 1 frame)
+        return diffusion.sample(model_fn, noise, cond, rng, steps=steps, cfg_scale=cfg_scale)
+
+    @jax.jit
+    def decode(z):  # a causal VAE's front padding cropped: exactly d.frames frames (an image: 1)
+        return jnp.clip((vae.decode(z, num_frames=d.frames) + 1) * 127.5, 0, 255).round().astype(jnp.uint8)
 
     out = []
     for i in tqdm(range(0, len(prompts), batch_size), desc="sampling", disable=not progress, unit="batch"):
@@ -56,8 +80,12 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
         noise = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.key(seed), i + j),
                                              (lt, lh, lw, vae.latent_channels)) for j in range(batch_size)])
         rng = jax.random.fold_in(jax.random.key(seed + 1), i)  # the ancestral sampler's per-step noise
-        video = run(state, noise, {k: jnp.asarray(v) for k, v in cond.items()}, rng)[:n]
-        out.append(np.asarray(jnp.clip((video + 1) * 127.5, 0, 255).round().astype(jnp.uint8)))
+        z = np.asarray(run(state, place(noise), {k: place(jnp.asarray(v)) for k, v in cond.items()}, rng))[:n]
+        for j in range(0, n, vae_batch):
+            part = z[j : j + vae_batch]
+            pad = vae_batch - len(part)
+            part = np.concatenate([part, np.repeat(part[-1:], pad, 0)]) if pad else part  # one compiled shape
+            out.append(np.asarray(decode(jnp.asarray(part)))[: vae_batch - pad])
     return np.concatenate(out)
 
 
@@ -65,16 +93,60 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:60]
 
 
-def save_samples(out_dir: str | Path, clips: np.ndarray, prompts: list[str], fps: int = 8) -> Path:
-    """mp4 per clip plus ``grid.png`` (row per clip, upscaled for viewing); returns the grid path."""
+def save_samples(out_dir: str | Path, clips: np.ndarray, prompts: list[str], fps: int = 8,
+                 gifs: bool = False) -> Path:
+    """mp4 per clip plus ``grid.png`` (row per clip, upscaled for viewing); with ``gifs`` also an animated GIF and
+    a frame-strip PNG per clip. Returns the grid path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    scale = max(1, 128 // clips.shape[2])
     for i, (clip, p) in enumerate(zip(clips, prompts, strict=True)):
-        write_video(out_dir / f"{i:03d}_{_slug(p)}.mp4", clip, fps=fps)
+        stem = out_dir / f"{i:03d}_{_slug(p)}"
+        write_video(stem.with_suffix(".mp4"), clip, fps=fps)
+        if gifs:
+            write_gif(stem.with_suffix(".gif"), clip, fps=fps, scale=scale)
+            save_png(stem.with_suffix(".png"), frame_grid(clip[None]), scale=scale)
     (out_dir / "prompts.txt").write_text("\n".join(prompts) + "\n")
     grid = out_dir / "grid.png"
-    save_png(grid, frame_grid(clips), scale=max(1, 128 // clips.shape[2]))
+    save_png(grid, frame_grid(clips), scale=scale)
     return grid
+
+
+def clip_size(config, vae, *, num_frames: int | None = None, height: int | None = None, width: int | None = None,
+              resolution: str | None = None, aspect_ratio: str | None = None) -> tuple[int, int, int]:
+    """(frames, height, width) to sample, from the flags over the training size; one-line errors for sizes the VAE
+    and the model's patch cannot take."""
+    from vidjax.data.buckets import ASPECT_RATIO_NAMES, ASPECT_RATIOS, custom_tables
+
+    d, patch = config.data, tuple(config.model.patch)
+    frames, h, w = num_frames or d.frames, d.height, d.width
+    if resolution or aspect_ratio:
+        if height or width:
+            raise ConfigError("give --height/--width or --resolution/--aspect_ratio, not both")
+        tables = {**ASPECT_RATIOS, **custom_tables(d.get("resolutions"))}
+        resolution = resolution or next((n for n, (_, t) in tables.items() if (d.height, d.width) in t.values()), "")
+        if resolution not in tables:
+            raise ConfigError(f"--resolution={resolution!r}: expected one of {', '.join(tables)}")
+        ratios = tables[resolution][1]
+        key = ASPECT_RATIO_NAMES.get(aspect_ratio or "1:1", aspect_ratio or "1.00")
+        if key not in ratios:
+            names = {v: k for k, v in ASPECT_RATIO_NAMES.items()}
+            raise ConfigError(f"--aspect_ratio={aspect_ratio!r} is not in the {resolution} table; expected one of "
+                              f"{', '.join(names.get(r, r) for r in ratios)}")
+        h, w = ratios[key]
+    h, w = height or h, width or w
+    if frames < 1 or h < 1 or w < 1:
+        raise ConfigError(f"--num_frames/--height/--width must be positive, got {frames}x{h}x{w}")
+    ft, fh, fw = vae.downsample
+    for flag, n, stride, p in (("--height", h, fh, patch[1]), ("--width", w, fw, patch[2])):
+        if n % (stride * p):
+            raise ConfigError(f"{flag}={n} is not divisible by the VAE stride × patch = {stride}×{p}; allowed: "
+                              f"multiples of {stride * p}")
+    lt = vae.latent_shape(frames, h, w)[0]
+    if lt % patch[0]:
+        raise ConfigError(f"--num_frames={frames} gives {lt} latent frames (VAE stride {ft}), not divisible by the "
+                          f"patch's {patch[0]}; allowed: frame counts giving a multiple of {patch[0]} latent frames")
+    return frames, h, w
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -100,17 +172,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", action="append", help="a caption (repeatable)")
     p.add_argument("--prompts", help="a text file with one caption per line")
     p.add_argument("--out", default="samples", help="an .mp4 path (one prompt) or a folder")
+    p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: the training clips')")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--resolution", default=None, help="a bucket resolution name (240p, or the run's e.g. 64px)")
+    p.add_argument("--aspect_ratio", default=None, help="with --resolution: 9:16, 1:1, 1:2, ... (default 1:1)")
+    p.add_argument("--fps", type=int, default=None, help="frames per second of the files (default: the config's)")
+    p.add_argument("--sampler", default=None, help="iddpm: ancestral or ddim; rectified flow: euler")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the config's)")
     p.add_argument("--cfg_scale", type=float, default=None, help="guidance scale (default: the config's)")
+    p.add_argument("--batch_size", type=int, default=None, help="prompts per compiled batch (default: the config's)")
+    p.add_argument("--vae_batch", type=int, default=None, help="clips decoded at a time (default: the batch)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--no_ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="the EMA weights (default) or, with --no-ema, the raw ones")
+    p.add_argument("--no_ema", dest="ema", action="store_false", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     prompts = list(a.prompt or []) + (read_prompts(a.prompts) if a.prompts else [])
     if not prompts:
         p.error("give --prompt or --prompts")
-    if a.steps is not None and a.steps < 1:
-        raise ConfigError(f"--steps={a.steps}: the number of sampling steps must be at least 1")
+    for flag, value in (("--steps", a.steps), ("--batch_size", a.batch_size), ("--vae_batch", a.vae_batch),
+                        ("--fps", a.fps)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag}={value}: must be at least 1")
     out = Path(a.out)
     if out.suffix == ".mp4" and len(prompts) != 1:
         raise ConfigError(f"--out {out} is a single .mp4 but {len(prompts)} prompts were given; give a folder")
@@ -119,18 +204,37 @@ def main(argv: list[str] | None = None) -> int:
     from vidjax.diffusion import build_diffusion
     from vidjax.models.t2v import text_inputs
     from vidjax.models.vae import build_vae
+    from vidjax.parallel.mesh import make_mesh
 
-    config, model, step = restore_model(a.workdir, a.step, ema=not a.no_ema)
-    clips = generate(model, config, build_vae(config.vae), build_diffusion(config.diffusion), text_inputs(config),
-                     prompts, seed=a.seed, steps=a.steps, cfg_scale=a.cfg_scale, progress=True)
+    config, model, step = restore_model(a.workdir, a.step, ema=a.ema)
+    vae = build_vae(config.vae)
+    size = clip_size(config, vae, num_frames=a.num_frames, height=a.height, width=a.width,
+                     resolution=a.resolution, aspect_ratio=a.aspect_ratio)
+    with config.unlocked():
+        config.data.frames, config.data.height, config.data.width = size
+        if a.sampler is not None:
+            name = config.diffusion.get("name", "rflow")
+            allowed = ("ancestral", "ddim") if name == "iddpm" else ("euler",)
+            if a.sampler not in allowed:
+                raise ConfigError(f"--sampler={a.sampler!r}: the {name} objective samples with "
+                                  f"{' or '.join(allowed)}")
+            if name == "iddpm":
+                config.diffusion.sampler = a.sampler
+    fps = a.fps or config.sample.fps
+    mesh = make_mesh(None, devices=jax.local_devices())  # every local device on the data axis
+    clips = generate(model, config, vae, build_diffusion(config.diffusion), text_inputs(config), prompts,
+                     seed=a.seed, steps=a.steps, cfg_scale=a.cfg_scale, batch_size=a.batch_size, progress=True,
+                     mesh=mesh, vae_batch=a.vae_batch)
+    what = f"{size[0]}x{size[1]}x{size[2]}, checkpoint step {step}, {len(jax.local_devices())} device(s)"
     if out.suffix == ".mp4":
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_video(out, clips[0], fps=config.sample.fps)
+        write_video(out, clips[0], fps=fps)
+        write_gif(out.with_suffix(".gif"), clips[0], fps=fps, scale=max(1, 128 // clips.shape[2]))
         save_png(out.with_suffix(".png"), frame_grid(clips), scale=max(1, 128 // clips.shape[2]))
-        print(f"wrote {out} and {out.with_suffix('.png')} (checkpoint step {step})")
+        print(f"wrote {out}, {out.with_suffix('.gif')} and {out.with_suffix('.png')} ({what})")
     else:
-        grid = save_samples(out, clips, prompts, fps=config.sample.fps)
-        print(f"wrote {len(prompts)} clips to {out}/ and {grid} (checkpoint step {step})")
+        grid = save_samples(out, clips, prompts, fps=fps, gifs=True)
+        print(f"wrote {len(prompts)} clips (mp4, gif, png) to {out}/ and {grid} ({what})")
     return 0
 
 

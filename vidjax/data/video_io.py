@@ -45,6 +45,20 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: 
     os.replace(tmp, path)
 
 
+def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, scale: int = 1) -> None:
+    """Write ``frames: [T, H, W, 3] uint8`` as a looping animated GIF (``scale`` times larger, nearest); atomic."""
+    frames = np.asarray(frames, np.uint8)
+    images = [Image.fromarray(f) for f in frames]
+    if scale > 1:
+        images = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0,
+                   optimize=False)
+    os.replace(tmp, path)
+
+
 def read_video(path: str | os.PathLike) -> np.ndarray:
     """Decode every frame of a video file to ``[T, H, W, 3] uint8``; raises :class:`VideoReadError`."""
     path = Path(path)

@@ -1,0 +1,119 @@
+"""python -m vidjax.sample: any size and frame count, mp4 + GIF + frame strips, data parallel over devices, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import jax
+import numpy as np
+import pytest
+from _helpers import quick
+from PIL import Image, ImageSequence
+
+from configs.shapes_tiny import get_config
+from vidjax.config import load_config
+from vidjax.data.video_io import read_video
+from vidjax.errors import ConfigError
+from vidjax.training import run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def call(*args, devices: int = 1):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return subprocess.run([sys.executable, "-m", "vidjax.sample", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def one_line_error(r, *fragments):
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vidjax.sample: error: "), r.stderr[-2000:]
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """2 steps of the quick config (raw pixels, patch 2×4×4, 8×32×32 clips)."""
+    tmp = tmp_path_factory.mktemp("sample")
+    c = quick(get_config("quick"), tmp, **{"train.steps": 2, "train.ckpt_every": 2, "sample.num_prompts": 0})
+    run(c, tmp / "work")
+    return tmp / "work"
+
+
+def test_any_size_and_frame_count_to_mp4_gif_and_strips(workdir, tmp_path):
+    out = tmp_path / "out"
+    r = call("--workdir", str(workdir), "--prompt", "a red circle moving left", "--prompt", "a blue square",
+             "--num_frames", "12", "--height", "24", "--width", "40", "--fps", "5", "--steps", "2",
+             "--batch_size", "2", "--out", str(out), devices=2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "12x24x40" in r.stdout and "2 device(s)" in r.stdout
+    for stem in ("000_a_red_circle_moving_left", "001_a_blue_square"):
+        video = read_video(out / f"{stem}.mp4")
+        assert video.shape == (12, 24, 40, 3)
+        with av.open(str(out / f"{stem}.mp4")) as f:
+            assert f.streams.video[0].average_rate == 5
+        gif = Image.open(out / f"{stem}.gif")
+        durations = [frame.info["duration"] for frame in ImageSequence.Iterator(gif)]
+        assert sum(durations) == 12 * 200 and gif.info.get("loop") == 0  # 12 frames at 5 fps (repeats merged)
+        assert gif.size == (40 * 5, 24 * 5)  # enlarged for viewing (128 // 24 = 5)
+        assert Image.open(out / f"{stem}.png").size[0] > 12 * 40  # the frame strip
+    assert Image.open(out / "grid.png").size[1] > 2 * 24 * 5
+    one = tmp_path / "one.mp4"
+    r = call("--workdir", str(workdir), "--prompt", "a red circle", "--num_frames", "4", "--steps", "1",
+             "--out", str(one))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert read_video(one).shape == (4, 32, 32, 3) and one.with_suffix(".gif").is_file()
+
+
+def test_one_and_eight_devices_give_the_same_clips(workdir):
+    from vidjax.checkpoint import restore_model
+    from vidjax.diffusion import build_diffusion
+    from vidjax.models.t2v import text_inputs
+    from vidjax.models.vae import build_vae
+    from vidjax.parallel.mesh import make_mesh
+    from vidjax.sample import generate
+
+    assert jax.device_count() == 8
+    config, model, _ = restore_model(workdir)
+    prompts = ["a red circle moving left", "a blue square moving up", "a green triangle moving right"]
+    args = (model, config, build_vae(config.vae), build_diffusion(config.diffusion), text_inputs(config), prompts)
+    one = generate(*args, steps=2, batch_size=8, mesh=make_mesh(None, devices=jax.devices()[:1]))
+    eight = generate(*args, steps=2, batch_size=8, mesh=make_mesh(None, devices=jax.devices()))
+    assert one.shape == eight.shape == (3, 8, 32, 32, 3)
+    diff = np.abs(one.astype(int) - eight.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999, (diff.max(), (diff == 0).mean())
+    parts = generate(*args, steps=2, batch_size=8, vae_batch=2, mesh=make_mesh(None, devices=jax.devices()[:1]))
+    np.testing.assert_array_equal(parts, one)  # decoding in micro-batches changes nothing
+
+
+def test_sizes_the_model_cannot_take_are_one_line_errors(workdir):
+    r = call("--workdir", str(workdir), "--prompt", "x", "--height", "30")
+    one_line_error(r, "--height=30 is not divisible by the VAE stride × patch = 1×4", "multiples of 4")
+    r = call("--workdir", str(workdir), "--prompt", "x", "--num_frames", "3")
+    one_line_error(r, "--num_frames=3 gives 3 latent frames", "patch's 2")
+    r = call("--workdir", str(workdir), "--prompt", "x", "--sampler", "ddim")
+    one_line_error(r, "--sampler='ddim'", "euler")
+    r = call("--workdir", str(workdir), "--prompt", "x", "--resolution", "240p", "--height", "32")
+    one_line_error(r, "not both")
+
+
+def test_bucket_names_pick_the_size():
+    from vidjax.models.vae import build_vae
+    from vidjax.sample import clip_size
+
+    c = load_config(str(REPO / "configs/three_stage_shapes.py") + ":quick")  # 8px and 16px (16×16, 12×24)
+    c.model.patch = (1, 2, 2)
+    vae = build_vae(c.vae)
+    assert clip_size(c, vae, resolution="16px", aspect_ratio="1:2") == (c.data.frames, 12, 24)
+    assert clip_size(c, vae, resolution="16px", num_frames=1) == (1, 16, 16)
+    assert clip_size(c, vae, resolution="240p", aspect_ratio="9:16") == (c.data.frames, 240, 426)
+    with pytest.raises(ConfigError, match=r"--resolution='33px': expected one of .*16px"):
+        clip_size(c, vae, resolution="33px")
+    with pytest.raises(ConfigError, match=r"--aspect_ratio='16:9' is not in the 16px table; expected one of 1:1, 1:2"):
+        clip_size(c, vae, resolution="16px", aspect_ratio="16:9")
