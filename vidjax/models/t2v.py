@@ -1,15 +1,17 @@
 """The trained network as one module, and how a config builds it.
 
-``TextToVideo`` holds the denoiser (``.dit``: STDiT, or a DiT baseline) and, when the text
+``TextToVideo`` holds the denoiser (``.dit``: STDiT (v1.0), STDiT3 (v1.2) or a DiT baseline) and, when the text
 encoder is trained jointly (``text.encoder = "trainable"``), the text encoder (``.text``).
 Frozen encoders (T5, CLIP) and the VAE live outside it: they are not optimised.
 
 Call: x_t [B, T, H, W, C], t [B], cond {"ids"|"y": ..., "mask": [B, L]}, drop [B] -> [B, T, H, W, C_out].
+STDiT3 also reads ``cond["fps"]`` [B] (default ``data.fps``, else 24) and ``cond["x_mask"]`` [B, T'] (clean frames).
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
@@ -17,16 +19,48 @@ from tqdm import tqdm
 from vidjax.errors import ConfigError
 from vidjax.models.dit import DiT, dit_config
 from vidjax.models.stdit import STDiT, stdit_config
+from vidjax.models.stdit3 import STDiT3, stdit3_config
 from vidjax.models.text.trainable import HashTokenizer, TrainableTextEncoder
 
 
 class TextToVideo(nnx.Module):
-    def __init__(self, dit: nnx.Module, text: nnx.Module | None = None):
-        self.dit, self.text = dit, text
+    def __init__(self, dit: nnx.Module, text: nnx.Module | None = None, fps: float = 24.0):
+        self.dit, self.text, self.fps = dit, text, float(fps)
 
     def __call__(self, x: jax.Array, t: jax.Array, cond: dict, drop: jax.Array | None = None) -> jax.Array:
         y = self.text(cond["ids"], cond["mask"]) if self.text is not None else cond["y"]
+        if isinstance(self.dit, STDiT3):  # v1.2 conditions every sample on its frame rate
+            fps = cond.get("fps", jnp.full((x.shape[0],), self.fps, jnp.float32))
+            return self.dit(x, t, y, cond["mask"], x_mask=cond.get("x_mask"), fps=fps, drop=drop)
         return self.dit(x, t, y, cond["mask"], drop)
+
+
+#: ``model.name="stdit3"``: vidjax's model fields (the STDiT names every config uses) -> v1.2's STDiT3Config fields
+STDIT3_FIELDS = {"depth": "depth", "hidden": "hidden_size", "heads": "num_heads", "mlp_ratio": "mlp_ratio",
+                 "patch": "patch_size", "learn_sigma": "pred_sigma", "qk_norm": "qk_norm", "dtype": "dtype",
+                 "remat": "remat", "attention_impl": "attention_impl", "sequence_parallel": "sequence_parallel"}
+#: STDiT (v1.0) options that STDiT3 answers by design: its 2D position table is rebuilt from each size, time is
+#: RoPE in temporal attention. Accepted at their defaults only.
+STDIT_ONLY_DEFAULTS = {"space_scale": 1.0, "time_scale": 1.0, "temporal_rope": False, "temporal_pos": "block0",
+                       "freeze": ""}
+
+
+def stdit3_kwargs(config) -> dict:
+    """``config.model`` (vidjax's field names) as STDiT3Config keyword arguments; one-line errors otherwise."""
+    kw = {}
+    for key, value in config.model.items():
+        if key in ("name", "size"):
+            continue
+        if key in STDIT3_FIELDS:
+            kw[STDIT3_FIELDS[key]] = tuple(value) if key == "patch" else value
+        elif key in STDIT_ONLY_DEFAULTS:
+            if value != STDIT_ONLY_DEFAULTS[key]:
+                raise ConfigError(f"config.model.{key}={value!r} is an STDiT (v1.0) option; model.name='stdit3' "
+                                  f"takes only {STDIT_ONLY_DEFAULTS[key]!r}")
+        else:
+            raise ConfigError(f"config.model.{key}: not a field of model.name='stdit3'; expected some of "
+                              f"{', '.join(STDIT3_FIELDS)}")
+    return kw
 
 
 def model_kwargs(config) -> dict:
@@ -53,9 +87,13 @@ def build_model(config, rngs: nnx.Rngs, *, latent_channels: int) -> TextToVideo:
         dit = STDiT(stdit_config(size, **kw), rngs=rngs)
     elif name == "dit":
         dit = DiT(dit_config(size, **kw), rngs=rngs)
+    elif name == "stdit3":
+        kw3 = stdit3_kwargs(config)
+        kw3.update(in_channels=latent_channels, caption_channels=caption_channels, model_max_length=max_len)
+        dit = STDiT3(stdit3_config(size, **kw3), rngs=rngs)
     else:
-        raise ConfigError(f"config.model.name={name!r}; expected 'stdit' or 'dit'")
-    return TextToVideo(dit, text)
+        raise ConfigError(f"config.model.name={name!r}; expected 'stdit', 'stdit3' or 'dit'")
+    return TextToVideo(dit, text, fps=config.data.get("fps", 24))
 
 
 def trainable(model: TextToVideo):
