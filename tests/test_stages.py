@@ -141,6 +141,22 @@ def test_rerun_redoes_no_finished_stage(schedule):
     assert {n: (root / "run" / n / "summary.json").stat().st_mtime for n in before} == before
 
 
+def test_a_stage_stopped_after_its_last_checkpoint_is_still_evaluated(schedule, tmp_path):
+    """Killed between the final checkpoint and the summary: the rerun restores the last step and evaluates."""
+    from vidjax.training.diffusion import DiffusionTask
+    from vidjax.training.loop import fit
+    from vidjax.training.schedule import stage_configs
+
+    root, c, summary = schedule
+    shutil.copytree(root / "run" / "stage1", tmp_path / "stage1")
+    (tmp_path / "stage1" / "summary.json").unlink()
+    c1 = dict(stage_configs(c))["stage1"]
+    again = fit(DiffusionTask(c1), c1, tmp_path / "stage1")
+    assert again["resumed_from"] == 4 and again["step_compilations"] == 0
+    assert again["eval_buckets"].keys() == summary["stages"]["stage1"]["eval_buckets"].keys()
+    assert again["eval"] == summary["stages"]["stage1"]["eval"]  # the same EMA weights, the same samples
+
+
 def _metrics_rows(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 

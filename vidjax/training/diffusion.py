@@ -433,7 +433,8 @@ class DiffusionTask:
                                run.writer)
 
     def finish(self, run: loop.Run, state: dict, trained_now: bool, train_minutes: float) -> dict:
-        if self.config.sample.num_prompts <= 0 or not trained_now:
+        # also when nothing was trained now: a run stopped after its last checkpoint has no evaluation yet
+        if self.config.sample.num_prompts <= 0:
             return {}
         report = self._sample_and_score(run, state, self.config.train.steps, train_minutes,
                                         run.workdir / "samples", None)
