@@ -59,6 +59,15 @@ class StepReport:
                 "collectives": self.summary()}
 
 
+def vae_architecture(entry) -> dict:
+    """A ``vae`` config entry without its weights (``from_pretrained`` dropped): shardcheck needs the compressor's
+    shapes, not its files, so full-size configs check before anything is downloaded."""
+    entry = dict(entry.to_dict() if hasattr(entry, "to_dict") else entry)
+    if entry.get("type") in ("sd_vae", "opensora_vae"):
+        entry.pop("from_pretrained", None)
+    return entry
+
+
 def analyze(config, mesh, *, step: str = "train", compiler_options: dict | None = None) -> StepReport:
     """Compile the train step (``step="train"``) or only loss+gradients (``"grad"``) of ``config`` on ``mesh``.
 
@@ -78,7 +87,7 @@ def analyze(config, mesh, *, step: str = "train", compiler_options: dict | None 
     from vidjax.training.loop import jit_train_step
     from vidjax.training.state import ModelParts, make_optimizer
 
-    vae = build_vae(config.vae)
+    vae = build_vae(vae_architecture(config.vae))
     model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(config.seed), latent_channels=vae.latent_channels))
     parts = ModelParts(model, trainable(model))
     tx = make_optimizer(config.train)
@@ -86,9 +95,17 @@ def analyze(config, mesh, *, step: str = "train", compiler_options: dict | None 
     d, B = config.data, config.train.batch_size
     shd.check_batch(B, mesh)
     denoiser.check_parallel(config, mesh, vae)
-    batch = {"video": jax.ShapeDtypeStruct((B, d.frames, d.height, d.width, 3), jnp.float32),
-             "ids": jax.ShapeDtypeStruct((B, config.text.max_length), jnp.int32),
-             "mask": jax.ShapeDtypeStruct((B, config.text.max_length), jnp.bool_)}
+    L = config.text.max_length
+    if d.get("cache_latents", False) and config.vae.get("type") != "raw":  # latents precomputed, as vidjax.train
+        batch = {"latent": jax.ShapeDtypeStruct((B, *vae.latent_shape(d.frames, d.height, d.width),
+                                                 vae.latent_channels), jnp.float32)}
+    else:
+        batch = {"video": jax.ShapeDtypeStruct((B, d.frames, d.height, d.width, 3), jnp.float32)}
+    if config.text.encoder == "trainable":
+        batch["ids"] = jax.ShapeDtypeStruct((B, L), jnp.int32)
+    else:  # a frozen encoder's cached embeddings (T5-XXL: 4096 channels)
+        batch["y"] = jax.ShapeDtypeStruct((B, L, config.text.dim), jnp.float32)
+    batch["mask"] = jax.ShapeDtypeStruct((B, L), jnp.bool_)
     state, sh = denoiser.initial_state(parts, tx, mesh)
     b_sh = {k: shd.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
 
