@@ -66,3 +66,27 @@ def test_estimate_prints_a_budget_for_each_stage():
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "STDiT, depth 28, width 1152" in r.stdout and "steps" in r.stdout
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_v12_stages_carry_v12s_bucket_tables(stage):
+    from vidjax.data.bucketed import bucket_config_of
+
+    c = load_config(str(REPO / f"configs/opensora_v1_2/stage{stage}.py"))
+    t = c.data.bucket_config
+    # spot checks against configs/opensora-v1-2/train/stage{1,2,3}.py at tag v1.2.0
+    assert tuple(t["144p"][1]) == (1.0, 475) and tuple(t["2048"][1]) == {1: (0.1, 5), 2: (0.01, 5), 3: (0.05, 5)}[stage]
+    assert {1: ((1.0, 0.33), 27), 2: ((1.0, 0.33), 27), 3: (1.0, 27)}[stage] == tuple(t["144p"][102])
+    assert {1: ((0.4, 0.1), 5), 2: ((0.4, 1.0), 5), 3: (0.5, 5)}[stage] == tuple(t["240p"][204])
+    assert {1: None, 2: (0.03, 1), 3: (0.2, 2)}[stage] == (tuple(t["720p"][51]) if 51 in t["720p"] else None)
+    table = bucket_config_of(c, data_shards=8)  # per-GPU sizes × 8 data-parallel devices
+    assert c.data.bucket_batch == "per_device" and table.batch_size("144p", 51) == 51 * 8
+    assert (c.model.name, c.model.size, c.text.max_length, c.train.adam_eps) == ("stdit3", "STDiT3-XL/2", 300, 1e-15)
+    assert (c.train.lr, c.train.ema_decay, c.train.warmup) == (1e-4, 0.99, {1: 1000, 2: 0, 3: 1000}[stage])
+
+
+@pytest.mark.slow
+def test_v12_stage1_shards_on_8_devices_with_fsdp():
+    c = load_config(str(REPO / "configs/opensora_v1_2/stage1.py"), ["train.batch_size=8"])
+    report = analyze(c, make_mesh(c), compiler_options={"xla_backend_optimization_level": 0})
+    assert report.mesh["fsdp"] == 8 and report.params_per_device * 8 == pytest.approx(report.params_total, rel=1e-3)

@@ -38,7 +38,8 @@ class TextToVideo(nnx.Module):
 #: ``model.name="stdit3"``: vidjax's model fields (the STDiT names every config uses) -> v1.2's STDiT3Config fields
 STDIT3_FIELDS = {"depth": "depth", "hidden": "hidden_size", "heads": "num_heads", "mlp_ratio": "mlp_ratio",
                  "patch": "patch_size", "learn_sigma": "pred_sigma", "qk_norm": "qk_norm", "dtype": "dtype",
-                 "remat": "remat", "attention_impl": "attention_impl", "sequence_parallel": "sequence_parallel"}
+                 "remat": "remat", "attention_impl": "attention_impl", "sequence_parallel": "sequence_parallel",
+                 "freeze_y_embedder": "freeze_y_embedder", "only_train_temporal": "only_train_temporal"}
 #: STDiT (v1.0) options that STDiT3 answers by design: its 2D position table is rebuilt from each size, time is
 #: RoPE in temporal attention. Accepted at their defaults only.
 STDIT_ONLY_DEFAULTS = {"space_scale": 1.0, "time_scale": 1.0, "temporal_rope": False, "temporal_pos": "block0",
