@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from vidjax.errors import ConfigError
+
 # bf16 dense peak TFLOP/s per chip (see shared reference notes: vendor specs)
 CHIP_PEAK_TFLOPS = {"h100": 989.4, "h800": 989.4, "a100": 312.0, "v5p": 459.0, "v6e": 918.0, "v5e": 197.0,
                     "cpu": 0.1}
@@ -102,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     frames, height, width, batch, steps = 16, 32, 32, 8, 1000
     if c is not None:
         m = c.model
+        if m.get("name", "stdit") != "stdit":
+            raise ConfigError(f"config.model.name={m.name!r}: vidjax.estimate models STDiT (v1.0) only so far; "
+                              "use --model STDiT-XL/2 for a v1.0-shaped budget")
         base = dict(STDIT_SIZES[m.size]) if m.get("size") else {}
         dims.update(depth=base.get("depth", m.depth), hidden=base.get("hidden", m.hidden),
                     patch=tuple(base.get("patch", m.patch)), caption_len=c.text.max_length,
