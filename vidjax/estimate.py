@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         m = c.model
         if m.get("name", "stdit") != "stdit":
             raise ConfigError(f"config.model.name={m.name!r}: vidjax.estimate models STDiT (v1.0) only so far; "
-                              "use --model STDiT-XL/2 for a v1.0-shaped budget")
+                              "for a v1.0-shaped budget give --model STDiT-XL/2 and the sizes instead of --config")
         base = dict(STDIT_SIZES[m.size]) if m.get("size") else {}
         dims.update(depth=base.get("depth", m.depth), hidden=base.get("hidden", m.hidden),
                     patch=tuple(base.get("patch", m.patch)), caption_len=c.text.max_length,
