@@ -10,11 +10,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from vidjax.estimate import CHIP_PEAK_TFLOPS
+from vidjax.estimate import CHIP_PEAK_TFLOPS, CHIPS
 
-# jax device_kind substrings -> keys of the chip table
-_DEVICE_KINDS = {"v5p": "v5p", "v5 lite": "v5e", "v5e": "v5e", "v6": "v6e", "h100": "h100", "h800": "h800",
-                 "a100": "a100"}
+# jax device_kind substrings -> keys of the chip table (vidjax/chips.toml)
+_DEVICE_KINDS = {pattern: chip for chip, row in CHIPS.items() for pattern in row.get("device_kind", [])}
 
 
 def peak_flops_per_device(device: jax.Device | None = None) -> tuple[float, str]:
