@@ -35,11 +35,22 @@ def test_overrides_of_every_type():
     ("progress=maybe", "expected true or false"),
     ("model.patch=x", "expected a tuple"),
     ("train=3", "is a section"),
+    ("train={3: 4", "expected a Python dict literal"),
     ("train.steps", "expected --config.KEY=VALUE"),
 ])
 def test_bad_overrides_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message.replace("?", r"\?").replace("(", r"\(")):
         load_config(TINY, [override])
+
+
+def test_bucket_tables_override_by_entry_or_whole():
+    stage1 = str(REPO / "configs/three_stage_shapes.py:stage1")
+    c = load_config(stage1, ["data.bucket_config.64px.1=(0.5, 32)"])  # an int-keyed entry of a nested table
+    assert tuple(c.data.bucket_config["64px"][1]) == (0.5, 32) and tuple(c.data.bucket_config["32px"][1]) == (1.0, 32)
+    c = load_config(stage1, ['data.bucket_config={"240p": {51: (1.0, 4)}}'])  # the whole table
+    assert list(c.data.bucket_config) == ["240p"] and tuple(c.data.bucket_config["240p"][51]) == (1.0, 4)
+    with pytest.raises(ConfigError, match=r"no such field; did you mean data.bucket_config.64px.1\?"):
+        load_config(stage1, ["data.bucket_config.64px.7=(0.5, 32)"])
 
 
 def test_bad_files_and_variants(tmp_path):

@@ -62,7 +62,7 @@ def load_config(spec: str | Path, overrides: Sequence[str] = ()) -> ml_collectio
 def _keys(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     out = []
     for k, v in node.items():
-        out.append(prefix + k)
+        out.append(f"{prefix}{k}")
         if isinstance(v, ml_collections.ConfigDict):
             out += _keys(v, f"{prefix}{k}.")
     return out
@@ -74,9 +74,10 @@ def apply_override(config: ml_collections.ConfigDict, text: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--config.{text}: expected --config.KEY=VALUE")
-    parts = key.split(".")
     node = config
+    parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
+        part = parts[i] = _field(node, part)
         child = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
         if not isinstance(child, ml_collections.ConfigDict):
             where = ".".join(parts[:i]) or "the config"
@@ -85,16 +86,33 @@ def apply_override(config: ml_collections.ConfigDict, text: str) -> None:
             raise ConfigError(f"--config.{key}: {where} {what} {part!r}" +
                               (f"; its sections are {', '.join(sections)}" if part not in node else ""))
         node = child
-    leaf = parts[-1]
+    leaf = _field(node, parts[-1])
     if leaf not in node:
         close = difflib.get_close_matches(key, _keys(config), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else ""
         raise ConfigError(f"--config.{key}: no such field{hint}")
     old = node[leaf]
+    if isinstance(old, ml_collections.ConfigDict) and value.strip().startswith("{"):  # a whole table, e.g. buckets
+        try:
+            table = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            table = None
+        if not isinstance(table, dict):
+            raise ConfigError(f"--config.{key}={value.strip()}: expected a Python dict literal")
+        node[leaf] = table
+        return
     if isinstance(old, ml_collections.ConfigDict):
         raise ConfigError(f"--config.{key} is a section; set one of its fields, e.g. --config.{key}."
                           f"{next(iter(old.keys()), 'name')}=...")
     node[leaf] = parse_value(value, old, key)
+
+
+def _field(node, name: str):
+    """``name`` as a key of ``node``: tables keyed by numbers (``bucket_config.240p.51``) use int keys."""
+    if isinstance(node, ml_collections.ConfigDict) and name not in node and name.lstrip("-").isdigit() \
+            and int(name) in node:
+        return int(name)
+    return name
 
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
