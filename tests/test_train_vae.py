@@ -96,6 +96,32 @@ def test_trained_vae_loads_through_build_vae(full_run):
     assert metrics["ssim"] == pytest.approx(summary["ssim"], abs=1e-4)
 
 
+def test_latent_norm_gives_unit_variance_latents_and_the_same_pictures(tmp_path):
+    """``train.latent_norm``: vae_config.json gets the per-channel shift / scale of the training clips' latents;
+    build_vae then encodes to ~zero-mean unit-variance channels and decodes to the same pixels as without it."""
+    c = quick_config(tmp_path, **{"train.steps": 2, "train.ckpt_every": 2, "eval.every": 0,
+                                  "train.latent_norm": True, "train.latent_norm_clips": 16})
+    summary = run(c, tmp_path / "work")
+    saved = json.loads((tmp_path / "work" / "vae_config.json").read_text())["model"]
+    assert len(saved["shift"]) == len(saved["scale"]) == 4 and summary["scale"] == saved["scale"]
+    vae = build_vae({"type": "checkpoint", "path": str(tmp_path / "work")})
+    raw = build_vae({"type": "checkpoint", "path": str(tmp_path / "work"),
+                     "arch": {k: v for k, v in json.loads((tmp_path / "work" / "vae_config.json").read_text()).items()
+                              if k != "model"} | {"model": {k: v for k, v in saved.items()
+                                                            if k not in ("shift", "scale")}}})
+    clips = train_vae.decode_clips(train_vae.prepare_records(c, None)[:16], c.data)
+    x = jnp.asarray(clips.astype(np.float32) / 127.5 - 1)
+    z, z_raw = np.asarray(vae.encode(x)), np.asarray(raw.encode(x))
+    assert np.abs(z_raw.reshape(-1, 4).std(0) - 1).max() > 0.05  # the raw latents are not unit-variance ...
+    np.testing.assert_allclose(z.reshape(-1, 4).mean(0), 0, atol=1e-3)  # ... the normalised ones are
+    np.testing.assert_allclose(z.reshape(-1, 4).std(0), 1, atol=1e-3)
+    np.testing.assert_allclose(vae.decode(jnp.asarray(z), num_frames=8), raw.decode(jnp.asarray(z_raw), num_frames=8),
+                               atol=1e-4)
+    c.vae.type = "vq_vae"
+    with pytest.raises(ValueError, match="latent_norm is for vae.type='causal_vae'"):
+        train_vae.check_config(c)
+
+
 def test_vq_vae_with_adversarial_term_trains_and_loads(tmp_path):
     c = quick_config(tmp_path, "vq", **{"train.steps": 3, "train.ckpt_every": 3, "train.batch_size": 8,
                                         "loss.adversarial_weight": 0.1, "loss.adversarial_start": 1,

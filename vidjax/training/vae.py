@@ -85,6 +85,8 @@ def check_config(config) -> None:
     for key in ("from_pretrained", "checkpoint"):
         if config.vae.get(key):
             raise ConfigError(f"config.vae.{key} is set: the VAE task trains from scratch (remove it)")
+    if config.train.get("latent_norm", False) and kind != "causal_vae":
+        raise ConfigError(f"config.train.latent_norm is for vae.type='causal_vae', not {kind!r}")
     lo = config.loss
     if min(lo.l1, lo.l2, lo.kl_weight, lo.ssim_weight, lo.adversarial_weight) < 0:
         raise ConfigError("config.loss weights (l1, l2, kl_weight, ssim_weight, adversarial_weight) must be >= 0")
@@ -338,6 +340,14 @@ def reconstruct_clips(reconstruct, params, rest, clips: np.ndarray, batch_size: 
     return (recon + 1) / 2, z
 
 
+def latent_stats(reconstruct, params, rest, clips: np.ndarray, batch_size: int) -> dict[str, list[float]]:
+    """``{"shift": per-channel mean, "scale": per-channel std}`` of the (raw) latents of uint8 clips: the
+    normalisation ``(z - shift) / scale`` that gives the diffusion model unit-variance inputs."""
+    z = reconstruct_clips(reconstruct, params, rest, clips, batch_size)[1]
+    z = np.asarray(z, np.float64).reshape(-1, z.shape[-1])
+    return {"shift": [round(float(v), 5) for v in z.mean(0)], "scale": [round(float(v), 5) for v in z.std(0) + 1e-6]}
+
+
 def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
 
@@ -411,6 +421,7 @@ class VAETask:
             raise ConfigError(f"config.train.crop_prob={crop_prob}: expected a probability in [0, 1]")
         transform = make_transform(d.frames, d.height, d.width, _no_text, d.frame_interval, crop_prob=crop_prob)
         self.eval_clips, self.eval_split = heldout_clips(config, records, workdir)
+        self.records = records
         self.seen_clips = None  # shapes: also measure what the judge reads back from reconstructed training clips
         if not d.captions:
             self.seen_clips = decode_clips(records[: e.clips], d)
@@ -468,6 +479,13 @@ class VAETask:
             _log_eval(workdir, run.writer, config.train.steps, train_minutes, em)
         save_recon_grid(workdir / "recon.png", self.eval_clips, recon, config.eval.show)
         host = shd.to_host({"ema": state["ema"], "rest": state["rest"]["vae"]})
+        norm = {}
+        if config.train.get("latent_norm", False):  # per-channel (mean, std) of the training clips' latents
+            clips = decode_clips(self.records[: int(config.train.get("latent_norm_clips", 256))], config.data)
+            norm = latent_stats(self.reconstruct, host["ema"], host["rest"], clips, config.eval.batch_size)
+            self.entry = {**self.entry, "model": {**self.entry.get("model", {}), **norm}}
+            log.info("latent normalisation from %d training clips: shift %s, scale %s", len(clips),
+                     norm["shift"], norm["scale"])
         save_vae_weights(self.parts.merge(host["ema"], host["rest"]), str(workdir / VAE_WEIGHTS_DIR), self.entry)
         (workdir / VAE_CONFIG_FILE).write_text(json.dumps(self.entry, indent=1))
         d = config.data
@@ -478,7 +496,7 @@ class VAETask:
             "vae": config.vae.type, "compression": f"{ft}x{fh}x{fw}", "input": [d.frames, d.height, d.width, 3],
             "latent": [*self.latent, self.latent_channels], "eval_split": self.eval_split,
             "eval_clips": len(self.eval_clips), "psnr": round(em["psnr"], 3), "ssim": round(em["ssim"], 4),
-            "latent_mean": round(em["latent_mean"], 4), "latent_std": round(em["latent_std"], 4),
+            "latent_mean": round(em["latent_mean"], 4), "latent_std": round(em["latent_std"], 4), **norm,
             **{k: round(v, 4) for k, v in em.items() if k.startswith("detect_")},
         }
 

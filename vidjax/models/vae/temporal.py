@@ -74,9 +74,19 @@ class TemporalVAEConfig:
     patch_size: int = 1  # vidjax extension: p×p pixel (un)shuffle around the encoder / decoder
     num_groups: int = 32
     dtype: str = "float32"
+    # vidjax extension: per-channel latent normalisation, encode -> (mean - shift) / scale (empty: none). The VAE
+    # training task measures both on its training clips (``train.latent_norm``), as Open-Sora v1.2 did for its VAE.
+    shift: tuple[float, ...] = ()
+    scale: tuple[float, ...] = ()
 
     def __post_init__(self):
         n = len(self.channel_multipliers) - 1
+        for name in ("shift", "scale"):
+            v = getattr(self, name)
+            if v and len(v) != self.embed_dim:
+                raise ValueError(f"{name} has {len(v)} entries; expected none or embed_dim={self.embed_dim}")
+        if bool(self.shift) != bool(self.scale) or any(s <= 0 for s in self.scale):
+            raise ValueError("shift and scale come together, and every scale must be positive")
         if len(self.temporal_downsample) != n or len(self.spatial_downsample) != n:
             raise ValueError(f"temporal_downsample / spatial_downsample need {n} entries "
                              f"(one per level transition of channel_multipliers={self.channel_multipliers})")
@@ -296,11 +306,12 @@ class TemporalVAE(nnx.Module):
 
     def encode(self, x: Array, *, sample: bool = False, rng: Array | None = None) -> Array:
         mean, logvar = self.encode_moments(x)
-        if not sample:
-            return mean
-        if rng is None:
+        if sample and rng is None:
             raise ValueError("encode(sample=True) needs rng")
-        return gaussian_sample(mean, logvar, rng)
+        z = gaussian_sample(mean, logvar, rng) if sample else mean
+        if self.cfg.scale:
+            z = (z - jnp.asarray(self.cfg.shift)) / jnp.asarray(self.cfg.scale)
+        return z
 
     def decode(self, z: Array, *, num_frames: int | None = None) -> Array:
         """z: [B, T', H', W', L] -> [B, num_frames, H, W, C]; ``num_frames`` defaults to ``T'·ft``."""
@@ -309,14 +320,20 @@ class TemporalVAE(nnx.Module):
         if not full - self.cfg.time_factor < num_frames <= full:
             raise ValueError(f"{z.shape[1]} latent frames decode to {full - self.cfg.time_factor + 1}..{full} "
                              f"frames, not num_frames={num_frames}")
+        if self.cfg.scale:
+            z = z * jnp.asarray(self.cfg.scale) + jnp.asarray(self.cfg.shift)
+        return self._decode_raw(z, num_frames)
+
+    def _decode_raw(self, z: Array, num_frames: int) -> Array:
         x = self.decoder(self.post_quant_conv(z.astype(self.cfg.compute_dtype)))
-        return x[:, full - num_frames:].astype(jnp.float32)
+        return x[:, x.shape[1] - num_frames:].astype(jnp.float32)
 
     def __call__(self, x: Array, *, rng: Array | None = None) -> tuple[Array, Array, Array]:
-        """Training pass: x -> (reconstruction [B, T, H, W, C], mean, logvar); samples the posterior if ``rng``."""
+        """Training pass: x -> (reconstruction [B, T, H, W, C], mean, logvar); samples the posterior if ``rng``.
+        Works on the raw latents (no shift / scale)."""
         mean, logvar = self.encode_moments(x)
         z = mean if rng is None else gaussian_sample(mean, logvar, rng)
-        return self.decode(z, num_frames=x.shape[1]), mean, logvar
+        return self._decode_raw(z, x.shape[1]), mean, logvar
 
 
 # --------------------------------------------------------------------------------------
