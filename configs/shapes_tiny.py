@@ -8,6 +8,7 @@ trained VAE yet, then the STDiT learns 2×4×4×16 latents (32 tokens per clip).
     python -m vidjax.train --config configs/shapes_tiny.py --config.train.steps=200   # a quick look
     python -m vidjax.train --config configs/shapes_tiny.py:pixels                    # no VAE: 8×32×32 pixels
     python -m vidjax.train --config configs/shapes_tiny.py:iddpm                     # Open-Sora v1.0's objective
+    python -m vidjax.train --config configs/shapes_tiny.py:v12                       # v1.2: STDiT3 + condition frames
 
 Variants combine with commas (``:pixels,iddpm``); everything else is an override (big_vision style).
 """
@@ -112,10 +113,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.sample = ConfigDict(dict(num_prompts=48, seed=0, fps=8, batch_size=48, eval_every=1000))
 
     variants = [a for a in (arg or "").split(",") if a]
-    unknown = set(variants) - {"pixels", "iddpm", "quick"}
+    unknown = set(variants) - {"pixels", "iddpm", "v12", "quick"}
     if unknown:
-        raise ConfigError(f"unknown variant(s) {sorted(unknown)} of configs/shapes_tiny.py; expected pixels, iddpm "
-                         "or quick (comma-separated)")
+        raise ConfigError(f"unknown variant(s) {sorted(unknown)} of configs/shapes_tiny.py; expected pixels, iddpm, "
+                         "v12 or quick (comma-separated)")
     if "pixels" in variants or "quick" in variants:  # no VAE: 2×4×4 patches of raw pixels, 256 tokens per clip
         c.name = "shapes_tiny_pixels"
         c.vae = ConfigDict(dict(type="raw"))
@@ -126,6 +127,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.model.learn_sigma = True
         c.diffusion = ConfigDict(dict(name="iddpm", learn_sigma=True, sampler="ancestral", caption_dropout=0.1,
                                       sample_steps=100, cfg_scale=4.0))
+    if "v12" in variants:  # Open-Sora v1.2's model and condition frames: STDiT3 (qk-norm, temporal RoPE, x_mask),
+        # trained with v1.2's mask_ratios so one model also continues a clip from its first latent frame
+        # (python -m vidjax.evaluate --workdir runs/shapes_tiny_v12 --continue_from 1 --split heldout)
+        c.name += "_v12"
+        c.model.name, c.model.qk_norm = "stdit3", True
+        c.diffusion.mask_ratios = {"image_head": 0.3, "quarter_random": 0.05, "image_tail": 0.05, "random": 0.05}
     if "quick" in variants:  # CI-sized smoke run: same code path, seconds instead of minutes
         c.name = "shapes_quick"
         c.train.steps, c.train.ckpt_every, c.train.log_every, c.train.warmup, c.train.batch_size = 6, 3, 1, 2, 8

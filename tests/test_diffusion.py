@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vidjax.diffusion import DIFFUSIONS, build_diffusion
-from vidjax.diffusion.guidance import caption_drop, guided
+from vidjax.diffusion.guidance import caption_drop, guided, normal
 from vidjax.diffusion.iddpm import IDDPM, Schedule, space_timesteps
 from vidjax.diffusion.rectified_flow import RectifiedFlow, shift_ratio, timestep_transform
 
@@ -598,3 +598,50 @@ def test_v12_loss_holds_clean_frames_and_passes_x_mask():
     err = (0.5 * x_t - (np.asarray(x0) - noise)) ** 2
     per = np.array([err[b][xm[b]].mean() for b in range(3)])  # v1.2 mean_flat(mask=...)
     np.testing.assert_allclose(float(loss), per.mean(), rtol=1e-5)
+
+
+def test_rflow_mask_ratios_train_condition_frames_through_x_mask():
+    """``diffusion.mask_ratios`` on vidjax's rectified flow (the one training loop): v1.2's frame masks hold clean
+    frames at x0, leave them out of the loss and reach the model as ``cond["x_mask"]``; None changes nothing."""
+    rf = RectifiedFlow(mask_ratios={"image_head": 1.0}, caption_dropout=0.0, use_timestep_transform=False)
+    seen = {}
+
+    def model_fn(x_t, t, cond, drop):
+        seen.update(x_t=np.asarray(x_t), x_mask=np.asarray(cond["x_mask"]))
+        return 0.5 * x_t
+
+    x0 = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4, 4, 4, 4)), jnp.float32)
+    key = jax.random.key(4)
+    loss, _ = rf.loss(model_fn, x0, {"mask": jnp.ones((3, 2), bool)}, key)
+    xm = seen["x_mask"]
+    assert (~xm[:, 0]).all() and xm[:, 1:].all()  # image_head: the first latent frame is the condition
+    np.testing.assert_array_equal(seen["x_t"][:, 0], np.asarray(x0)[:, 0])
+    plain = RectifiedFlow(caption_dropout=0.0, use_timestep_transform=False)
+    t = plain.sample_t(jax.random.split(key, 3)[0], x0.shape)
+    noise = normal(jax.random.split(key, 3)[1], x0.shape)
+    want = plain.loss_terms(lambda x, t, c, d: 0.5 * x, x0, t, noise, {}, jnp.zeros(3, bool), jnp.asarray(xm)).mean()
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown mask types"):
+        RectifiedFlow(mask_ratios={"image_front": 0.5})
+
+
+def test_rflow_sampler_keeps_condition_frames_and_matches_the_plain_sampler_without_them():
+    rf = RectifiedFlow(use_timestep_transform=False)
+    z = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 2, 2, 4)), jnp.float32)
+    ref = jnp.asarray(np.random.default_rng(2).normal(size=z.shape), jnp.float32)
+    xm = {}
+
+    def fn(x, t, cond, drop):
+        if "x_mask" in cond:
+            xm["seen"] = cond["x_mask"].shape
+        return -x
+
+    mask = jnp.array([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    start = jnp.where((mask < 1)[:, :, None, None, None], ref, z)
+    out = rf.sample(fn, start, {}, jax.random.key(0), steps=4, cfg_scale=1.0, mask=mask)
+    np.testing.assert_array_equal(out[0, 0], ref[0, 0])  # the condition frames come back untouched
+    np.testing.assert_array_equal(out[1, :2], ref[1, :2])
+    assert not np.allclose(out[0, 1], z[0, 1]) and xm["seen"] == (2, 3)
+    free = rf.sample(fn, z, {}, None, steps=4, cfg_scale=1.0)
+    np.testing.assert_allclose(rf.sample(fn, z, {}, None, steps=4, cfg_scale=1.0, mask=jnp.ones((2, 3))), free,
+                               atol=1e-6)

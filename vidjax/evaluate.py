@@ -154,6 +154,45 @@ def evaluate_model(model, config, vae, diffusion, tokenizer, out_dir: Path | Non
     return report
 
 
+def evaluate_continuation(model, config, vae, diffusion, tokenizer, out_dir: Path | None = None,
+                          split: str = "heldout", num_prompts: int | None = None, cond_frames: int = 1) -> dict:
+    """Continue ``shapes`` clips from their first ``cond_frames`` latent frames (Open-Sora v1.2's condition frames:
+    a model trained with ``diffusion.mask_ratios``), and score only the generated frames against each clip's caption.
+
+    The clips are ``split``'s (default the held-out (shape, colour) pairs) at the data size. Returns
+    ``{"continuation": summary, "unconditioned": summary, ...}``: the same prompts sampled without reference frames
+    are scored on the same frame range, so the two figures compare directly.
+    """
+    from vidjax.sample import generate, save_samples
+
+    d = config.data
+    n = num_prompts or config.sample.num_prompts
+    # seed + 1: clips the model never saw (the training set is drawn with data.seed), also for split="train"
+    made = [shapes.make_clip(d.get("seed", 0) + 1, i, d.frames, d.height, d.width, split) for i in range(n)]
+    clips = np.stack([c for c, _ in made])
+    targets = [(s.shape, s.colour, s.motion) for _, s in made]
+    prompts = [shapes.prompt(t) for t in targets]
+    latents = np.asarray(vae.encode(np.asarray(clips, np.float32) / 127.5 - 1.0))
+    lt = latents.shape[1]
+    if not 1 <= cond_frames < lt:
+        raise ConfigError(f"cond_frames={cond_frames}: the {d.frames}-frame clips have {lt} latent frames; "
+                          f"condition on 1..{lt - 1} of them")
+    mask = np.ones((n, lt), np.float32)
+    mask[:, :cond_frames] = 0
+    pad = vae.time_padding(d.frames) if hasattr(vae, "time_padding") else 0  # a causal VAE's front padding
+    first = cond_frames * vae.downsample[0] - pad  # the first generated pixel frame
+    seed = config.sample.seed
+    cont = generate(model, config, vae, diffusion, tokenizer, prompts, seed=seed, reference=latents, mask=mask)
+    free = generate(model, config, vae, diffusion, tokenizer, prompts, seed=seed)
+    report = {"continuation": score(cont[:, first:], targets)["summary"],
+              "unconditioned": score(free[:, first:], targets)["summary"],
+              "split": split, "cond_latent_frames": cond_frames, "scored_frames": [first, d.frames]}
+    if out_dir is not None:
+        save_samples(out_dir, cont, prompts, fps=config.sample.fps)
+        (Path(out_dir) / f"continuation_{split}.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
 def evaluate_sizes(model, config, vae, diffusion, tokenizer, out_dir: Path | None = None, split: str = "train",
                    num_prompts: int | None = None, sizes=None) -> dict:
     """:func:`evaluate_model` at every size of ``sizes`` (default :func:`eval_sizes`): ``{"buckets": {"16x64x64":
@@ -187,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train", choices=["train", "heldout"], help="which combinations to prompt")
     p.add_argument("--num_prompts", type=int, default=48)
     p.add_argument("--shuffle", action="store_true", help="pair clips with shuffled captions (a chance baseline)")
+    p.add_argument("--continue_from", type=int, default=0, metavar="LATENT_FRAMES",
+                   help="continue the split's shapes clips from their first LATENT_FRAMES latent frames (a model "
+                        "trained with diffusion.mask_ratios) and score the generated frames, next to unconditioned "
+                        "samples of the same prompts")
     p.add_argument("--bucket", action="append", help="a clip size FRAMESxHEIGHTxWIDTH to sample at (repeatable; "
                    "default: the run's config.sample.buckets, else its training size; 1 frame = still images)")
     a = p.parse_args(argv)
@@ -218,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(out, what="evaluation samples")
         sizes = [parse_size(b, "--bucket") for b in a.bucket] if a.bucket else None
         config, model, _ = restore_model(a.workdir, ema=True)
+        if a.continue_from:
+            report = evaluate_continuation(model, config, build_vae(config.vae), build_diffusion(config.diffusion),
+                                           text_inputs(config), out.with_name(f"continuation_{a.split}"), a.split,
+                                           a.num_prompts, a.continue_from)
+            print(json.dumps(report))
+            return 0
         report = evaluate_sizes(model, config, build_vae(config.vae), build_diffusion(config.diffusion),
                                 text_inputs(config), out, a.split, a.num_prompts, sizes)
     else:

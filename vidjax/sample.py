@@ -33,8 +33,12 @@ from vidjax.errors import ConfigError, InputError, MissingFileError
 
 def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, seed: int = 0, steps: int | None = None,
              cfg_scale: float | None = None, batch_size: int | None = None, progress: bool = False, mesh=None,
-             vae_batch: int | None = None) -> np.ndarray:
+             vae_batch: int | None = None, reference: np.ndarray | None = None,
+             mask: np.ndarray | None = None) -> np.ndarray:
     """Sample one clip per prompt at the ``config.data`` size: uint8 [N, T, H, W, 3].
+
+    Condition frames (Open-Sora v1.2, rectified flow): ``reference`` latents [N, T', h, w, C] and ``mask`` [N, T']
+    (1 = generate, 0 = keep the reference latent frame, between = edit it from that noise level).
 
     Prompt i always gets noise ``fold_in(seed, i)``. With a ``mesh`` the batch is split over its data axes (the batch
     size rounded up to a multiple of them) and the weights replicated. ``vae_batch`` decodes that many clips at a
@@ -56,14 +60,20 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
         place = lambda x: jax.device_put(x, shd.batch_sharding(mesh, x.ndim))  # noqa: E731
     vae_batch = min(vae_batch or batch_size, batch_size)
 
+    if (reference is None) != (mask is None):
+        raise ValueError("generate: reference and mask go together")
+
     @jax.jit
-    def run(state, noise, cond, rng):
+    def run(state, noise, cond, rng, ref=None, m=None):
         # rebuild the module inside the model function: the sampler's loop traces it at its own
         # level, and NNX variables must be created at the level where they are used
         def model_fn(x, t, c, drop):
             return nnx.merge(graphdef, jax.tree.map(lambda v: v, state))(x, t, c, drop)
 
-        return diffusion.sample(model_fn, noise, cond, rng, steps=steps, cfg_scale=cfg_scale)
+        if m is None:
+            return diffusion.sample(model_fn, noise, cond, rng, steps=steps, cfg_scale=cfg_scale)
+        z = jnp.where((m < 1)[:, :, None, None, None], ref, noise)  # reference latents where kept or edited
+        return diffusion.sample(model_fn, z, cond, rng, steps=steps, cfg_scale=cfg_scale, mask=m)
 
     @jax.jit
     def decode(z):  # a causal VAE's front padding cropped: exactly d.frames frames (an image: 1)
@@ -80,13 +90,23 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
         noise = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.key(seed), i + j),
                                              (lt, lh, lw, vae.latent_channels)) for j in range(batch_size)])
         rng = jax.random.fold_in(jax.random.key(seed + 1), i)  # the ancestral sampler's per-step noise
-        z = np.asarray(run(state, place(noise), {k: place(jnp.asarray(v)) for k, v in cond.items()}, rng))[:n]
+        extra = ()
+        if mask is not None:
+            extra = tuple(place(jnp.asarray(_pad_rows(np.asarray(a[i : i + n], np.float32), batch_size)))
+                          for a in (reference, mask))
+        z = np.asarray(run(state, place(noise), {k: place(jnp.asarray(v)) for k, v in cond.items()}, rng,
+                           *extra))[:n]
         for j in range(0, n, vae_batch):
             part = z[j : j + vae_batch]
             pad = vae_batch - len(part)
             part = np.concatenate([part, np.repeat(part[-1:], pad, 0)]) if pad else part  # one compiled shape
             out.append(np.asarray(decode(jnp.asarray(part)))[: vae_batch - pad])
     return np.concatenate(out)
+
+
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """``a`` with its last row repeated up to ``rows`` rows (one compiled batch shape)."""
+    return np.concatenate([a, np.repeat(a[-1:], rows - len(a), 0)]) if len(a) < rows else a
 
 
 def _slug(text: str) -> str:

@@ -12,7 +12,8 @@ picks it from ``config.diffusion.name``:
   ``caption_dropout``, ``cfg_channels``; samples with 100 respaced steps by default.
 - ``"rflow"`` (v1.2): fields ``sample_method`` ("logit-normal" | "uniform"), ``use_timestep_transform``,
   ``transform_hw``, ``vae_spatial``, ``transform_scale``, ``caption_dropout``, ``cfg_channels``, ``prediction``
-  ("v" | "x0"), ``x0_min_s``, ``loss_weight`` ("v" | "x0"); 30 Euler steps.
+  ("v" | "x0"), ``x0_min_s``, ``loss_weight`` ("v" | "x0"), ``mask_ratios`` (v1.2's condition frames in training,
+  STDiT3 only); 30 Euler steps, optionally with condition frames (``sample(..., mask=)``).
 
 ``sample_steps`` and ``cfg_scale`` in the same ConfigDict are for the sample code (``build_diffusion`` drops them).
 """
@@ -33,6 +34,8 @@ def build_diffusion(cfg):
         raise ValueError(f"diffusion.name={name!r}; expected one of {sorted(DIFFUSIONS)}")
     kwargs.pop("sample_steps", None)
     kwargs.pop("cfg_scale", None)
+    if hasattr(kwargs.get("mask_ratios"), "to_dict"):  # a ConfigDict table -> a plain dict
+        kwargs["mask_ratios"] = kwargs["mask_ratios"].to_dict()
     if kwargs.get("transform_hw") is not None:
         kwargs["transform_hw"] = tuple(kwargs["transform_hw"])
     return DIFFUSIONS[name](**kwargs)

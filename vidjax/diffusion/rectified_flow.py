@@ -62,6 +62,9 @@ class RectifiedFlow:
     # Per-example weight of the velocity MSE: "v" (none; Open-Sora) or "x0" (× s², with s clamped at
     # ``x0_min_s``: the MSE of the implied clean data, which no longer favours nearly clean inputs by 1/s²).
     loss_weight: str = "v"
+    # v1.2's condition frames in training (``mask_ratios`` of its train configs, ``v12_frame_masks``): frames drawn
+    # clean stay x0 in the input, leave the loss, and reach the model as ``cond["x_mask"]`` (STDiT3). None: off.
+    mask_ratios: dict | None = None
 
     def velocity(self, out: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
         """The velocity implied by the model output ``out`` [B, ..., C] at ``x_t`` and t [B]."""
@@ -77,6 +80,8 @@ class RectifiedFlow:
             raise ValueError(f"diffusion.loss_weight={self.loss_weight!r}; expected v or x0")
         if self.sample_method not in ("logit-normal", "uniform"):
             raise ValueError(f"diffusion.sample_method={self.sample_method!r}; expected logit-normal or uniform")
+        if self.mask_ratios:
+            v12_frame_masks(jax.random.key(0), 1, 4, dict(self.mask_ratios))  # validate early
 
     def ratio(self, latent_shape: tuple[int, ...]) -> float:
         """Shift ratio for a latent of shape [B, T, h, w, C] (static under jit)."""
@@ -128,6 +133,9 @@ class RectifiedFlow:
         B = x0.shape[0]
         t = self.sample_t(r_t, x0.shape)
         noise = normal(r_n, x0.shape)
+        if self.mask_ratios and frame_mask is None:
+            frame_mask = v12_frame_masks(jax.random.fold_in(rng, 3), B, x0.shape[1], dict(self.mask_ratios))
+            cond = {**cond, "x_mask": frame_mask}
         per = self.loss_terms(model_fn, x0, t, noise, cond, caption_drop(r_d, B, self.caption_dropout), frame_mask)
         return per.mean(), {"loss": per.mean(), "t_mean": t.mean()}
 
@@ -137,20 +145,51 @@ class RectifiedFlow:
         return self._shift(t, latent_shape)
 
     def sample(self, model_fn: ModelFn, noise: jax.Array, cond, rng: jax.Array | None = None, *, steps: int = 30,
-               cfg_scale: float = 7.0, cfg_channels: int | None = None) -> jax.Array:
-        """Euler integration from ``noise`` (s=1) to data (s=0), classifier-free guided. ``rng`` is unused."""
+               cfg_scale: float = 7.0, cfg_channels: int | None = None, mask: jax.Array | None = None) -> jax.Array:
+        """Euler integration from ``noise`` (s=1) to data (s=0), classifier-free guided. ``mask`` [B, T]: v1.2's
+        condition frames (see :func:`euler_frames`; 0 = keep the reference latent already in ``noise``), and
+        ``rng`` the noise of frames entering generation; without it ``rng`` is unused."""
         fn = guided(model_fn, cfg_scale, self.cfg_channels if cfg_channels is None else cfg_channels)
         ts = self.timesteps(steps, noise.shape)
-        dts = jnp.concatenate([ts[:-1] - ts[1:], ts[-1:]]) / NUM_TIMESTEPS  # last step goes to 0
-
-        def step(z, t_dt):
-            t, dt = t_dt
-            tt = jnp.full((z.shape[0],), t)
-            v = self.velocity(fn(z, tt, cond).astype(jnp.float32)[..., : z.shape[-1]], z, tt)
-            return z + v * dt, None
-
-        z, _ = jax.lax.scan(step, noise.astype(jnp.float32), (ts, dts))
+        z = euler_frames(fn, noise, ts, NUM_TIMESTEPS, rng, mask, self.velocity, cond)
         return z.astype(noise.dtype)
+
+
+def euler_frames(fn, z: jax.Array, ts: jax.Array, num_timesteps: int, rng: jax.Array | None, mask: jax.Array | None,
+                 velocity, cond: dict) -> jax.Array:
+    """The rectified-flow Euler sampler over timesteps ``ts`` (descending, 0..num_timesteps) with v1.2's frame
+    conditioning. ``fn(z, t, cond)`` is the guided model, ``velocity(out, z, t)`` turns its output into a velocity.
+    ``mask`` [B, T] in [0, 1] (v1.2's ``apply_mask_strategy``): 1 = generate, 0 = keep the reference latent already
+    in ``z``, between = edit from that noise level. At each step frames with ``mask·T >= t`` are generated and the
+    others held, frames crossing the threshold get fresh noise at t, and the model gets ``cond["x_mask"]``."""
+    dts = jnp.concatenate([ts[:-1] - ts[1:], ts[-1:]]) / jnp.float32(num_timesteps)  # the last step goes to 0
+    B, C = z.shape[0], z.shape[-1]
+    keys = jax.random.split(jax.random.key(0) if rng is None else rng, len(ts))
+    if mask is not None:
+        mask_t = jnp.asarray(mask, jnp.float32) * num_timesteps  # [B, T]
+
+    def step(carry, inp):
+        z, noise_added = carry
+        t, dt, key = inp
+        tt = jnp.full((B,), t)
+        c = cond
+        if mask is not None:
+            x0 = z
+            upper = mask_t >= t  # frames generated at this step
+            tp = (1 - tt / num_timesteps).reshape((-1,) + (1,) * (z.ndim - 1))  # v1.2's add_noise, as written
+            x_noise = tp * x0 + (1 - tp) * normal(key, z.shape)
+            z = jnp.where((upper & ~noise_added)[:, :, None, None, None], x_noise, x0)
+            noise_added = upper
+            c = {**cond, "x_mask": upper}
+        v = velocity(fn(z, tt, c).astype(jnp.float32)[..., :C], z, tt)
+        z = z + v * dt
+        if mask is not None:
+            z = jnp.where(upper[:, :, None, None, None], z, x0)
+        return (z, noise_added), None
+
+    added = jnp.ones(z.shape[:2], bool) if mask is None else (jnp.asarray(mask) == 1)
+    (z, _), _ = jax.lax.scan(step, (z.astype(jnp.float32), added), (ts, dts, keys))
+    return z
 
 
 # --------------------------------------------------------------------------------------
@@ -310,33 +349,7 @@ class RFlowV12:
         """
         fn = guided(model_fn, self.cfg_scale if cfg_scale is None else cfg_scale)
         ts = jnp.asarray(self.timesteps(height, width, num_frames))
-        dts = jnp.concatenate([ts[:-1] - ts[1:], ts[-1:]]) / jnp.float32(self.num_timesteps)
-        B, C = z.shape[0], z.shape[-1]
-        keys = jax.random.split(jax.random.key(0) if rng is None else rng, len(ts))
-        if mask is not None:
-            mask_t = jnp.asarray(mask, jnp.float32) * self.num_timesteps  # [B, T]
-
-        def step(carry, inp):
-            z, noise_added = carry
-            t, dt, key = inp
-            tt = jnp.full((B,), t)
-            c = cond
-            if mask is not None:
-                x0 = z
-                upper = mask_t >= t  # frames generated at this step
-                x_noise = self.add_noise(x0, normal(key, z.shape), tt, self.num_timesteps)
-                z = jnp.where((upper & ~noise_added)[:, :, None, None, None], x_noise, x0)
-                noise_added = upper
-                c = {**cond, "x_mask": upper}
-            v = fn(z, tt, c).astype(jnp.float32)[..., :C]
-            z = z + v * dt
-            if mask is not None:
-                z = jnp.where(upper[:, :, None, None, None], z, x0)
-            return (z, noise_added), None
-
-        added = jnp.ones(z.shape[:2], bool) if mask is None else (jnp.asarray(mask) == 1)
-        (z, _), _ = jax.lax.scan(step, (z.astype(jnp.float32), added), (ts, dts, keys))
-        return z
+        return euler_frames(fn, z, ts, self.num_timesteps, rng, mask, lambda out, z, t: out, cond)
 
     def sample_t(self, rng: jax.Array, batch: int, height: float, width: float, num_frames: int) -> jax.Array:
         """[B] training timesteps (v1.2 ``training_losses``)."""

@@ -58,6 +58,12 @@ def check_config(config) -> None:
                           f"config.model.learn_sigma={m.learn_sigma}: they must agree")
     if m.hidden % m.heads:
         raise ConfigError(f"config.model.hidden={m.hidden} is not divisible by config.model.heads={m.heads}")
+    if dif.get("mask_ratios") and (dif.name != "rflow" or m.get("name", "stdit") != "stdit3"):
+        raise ConfigError(f"config.diffusion.mask_ratios (condition frames) needs diffusion.name='rflow' and "
+                          f"model.name='stdit3' (its x_mask input), not {dif.name!r} / {m.get('name', 'stdit')!r}")
+    if dif.get("mask_ratios") and pt != 1:
+        raise ConfigError(f"config.diffusion.mask_ratios marks latent frames clean, so config.model.patch="
+                          f"{tuple(m.patch)} must have time patch 1 (as v1.2's (1, 2, 2))")
 
 
 def check_parallel(config, mesh, vae, size: tuple[int, int, int] | None = None) -> None:
