@@ -80,3 +80,44 @@ def test_image_samples_are_one_frame_through_a_causal_vae():
     clips = generate(model, c, vae, build_diffusion(c.diffusion), text_inputs(c), ["a red circle"] * 2, steps=2,
                      batch_size=2)
     assert clips.shape == (2, 1, 32, 32, 3) and clips.dtype == np.uint8
+
+
+def test_continuation_keeps_the_reference_frames_and_scores_only_generated_ones(tmp_path, capsys):
+    """A model trained with ``diffusion.mask_ratios`` (STDiT3, v1.2's condition frames) continues held-out clips:
+    the condition frames come back as the reference (raw pixels here, so exactly), and ``--continue_from`` reports
+    the generated frames' scores next to unconditioned samples of the same prompts."""
+    import json
+
+    import jax.numpy as jnp
+    from _helpers import quick
+
+    from configs.shapes_tiny import get_config
+    from vidjax.checkpoint import restore_model
+    from vidjax.diffusion import build_diffusion
+    from vidjax.errors import ConfigError
+    from vidjax.evaluate import main
+    from vidjax.models.t2v import text_inputs
+    from vidjax.models.vae import build_vae
+    from vidjax.sample import generate
+    from vidjax.training import run
+    from vidjax.training.diffusion import check_config
+
+    c = quick(get_config("quick,v12"), tmp_path, **{"train.steps": 2, "train.ckpt_every": 2, "sample.num_prompts": 0,
+                                                    "model.patch": (1, 4, 4)})
+    run(c, tmp_path / "w")
+    config, model, _ = restore_model(tmp_path / "w")
+    vae, d = build_vae(config.vae), config.data
+    clip, spec = shapes.make_clip(1, 0, d.frames, d.height, d.width, "heldout")
+    ref = np.asarray(vae.encode(jnp.asarray(clip[None], jnp.float32) / 127.5 - 1))
+    mask = np.array([[0.0] + [1.0] * (ref.shape[1] - 1)])
+    out = generate(model, config, vae, build_diffusion(config.diffusion), text_inputs(config),
+                   [shapes.prompt((spec.shape, spec.colour, spec.motion))], reference=ref, mask=mask)
+    np.testing.assert_array_equal(out[0, 0], clip[0])  # the condition frame, untouched
+    assert np.abs(out[0, 1:].astype(int) - clip[1:]).mean() > 5  # the rest is generated
+    main(["--workdir", str(tmp_path / "w"), "--continue_from", "1", "--split", "heldout", "--num_prompts", "2"])
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["continuation"]) >= {"colour", "shape", "motion", "all"} and "unconditioned" in report
+    assert report["scored_frames"] == [1, d.frames] and (tmp_path / "w" / "continuation_heldout").is_dir()
+    c.model.name = "stdit"
+    with pytest.raises(ConfigError, match="mask_ratios .* needs diffusion.name='rflow' and model.name='stdit3'"):
+        check_config(c)
