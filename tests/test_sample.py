@@ -117,3 +117,67 @@ def test_bucket_names_pick_the_size():
         clip_size(c, vae, resolution="33px")
     with pytest.raises(ConfigError, match=r"--aspect_ratio='16:9' is not in the 16px table; expected one of 1:1, 1:2"):
         clip_size(c, vae, resolution="16px", aspect_ratio="16:9")
+
+
+@pytest.fixture(scope="module")
+def t5_run(tmp_path_factory):
+    """2 steps of the quick config with a (tiny, random) T5 text encoder, its EMA exported as Open-Sora safetensors."""
+    from _helpers import tiny_t5_dir
+
+    from vidjax.data.shapes import caption, eval_prompts
+    from vidjax.export import main as export
+
+    tmp = tmp_path_factory.mktemp("imported")
+    t5 = tiny_t5_dir(tmp / "t5", [caption(*t) for t in eval_prompts(24, "train")], d_model=24)
+    over = {"text.encoder": "t5", "text.path": str(t5), "text.max_length": 12, "text.dim": 24}
+    c = quick(get_config("quick"), tmp, **{"train.steps": 2, "train.ckpt_every": 2, "sample.num_prompts": 0}, **over)
+    run(c, tmp / "work")
+    assert export(["--workdir", str(tmp / "work"), "--ema", "--out", str(tmp / "model.safetensors")]) == 0
+    return tmp, t5, over
+
+
+def test_an_imported_checkpoint_samples_the_clips_of_its_workdir(t5_run):
+    """--checkpoint (an Open-Sora-layout file) + --config + --text gives exactly the clips --workdir gives."""
+    from vidjax.checkpoint import restore_model
+    from vidjax.diffusion import build_diffusion
+    from vidjax.models.t2v import text_inputs
+    from vidjax.models.vae import build_vae
+    from vidjax.sample import generate, imported_model
+
+    tmp, t5, over = t5_run
+    prompts = ["a red circle moving left", "a blue square moving up"]
+    config, model, _ = restore_model(tmp / "work")
+    want = generate(model, config, build_vae(config.vae), build_diffusion(config.diffusion), text_inputs(config),
+                    prompts, steps=3)
+    c = load_config(str(REPO / "configs/shapes_tiny.py:quick"),
+                    [f"{k}={v}" for k, v in over.items() if k != "text.path"])
+    c, model, report = imported_model(str(tmp / "model.safetensors"), c, text_dir=str(t5))
+    assert "loaded" in report.summary() and c.text.path == str(t5)
+    got = generate(model, c, build_vae(c.vae), build_diffusion(c.diffusion), text_inputs(c), prompts, steps=3)
+    np.testing.assert_array_equal(got, want)
+    r = call("--checkpoint", str(tmp / "model.safetensors"), "--config", "configs/shapes_tiny.py:quick",
+             *[f"--config.{k}={v}" for k, v in over.items() if k != "text.path"], "--text", str(t5),
+             "--prompt", prompts[0], "--steps", "3", "--num_frames", "4", "--out", str(tmp / "out"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "loaded" in r.stderr and "checkpoint model.safetensors" in r.stdout
+    assert read_video(next((tmp / "out").glob("000_*.mp4"))).shape[0] == 4
+
+
+def test_imported_checkpoint_errors_are_one_line(t5_run, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    tmp, t5, over = t5_run
+    args = ["--config", "configs/shapes_tiny.py:quick", *[f"--config.{k}={v}" for k, v in over.items()
+                                                          if k != "text.path"], "--prompt", "a red circle"]
+    sd = load_file(str(tmp / "model.safetensors"))
+    broken = tmp_path / "broken.safetensors"
+    save_file({k: v for k, v in sd.items() if not k.startswith("final_layer.linear")}, str(broken))
+    one_line_error(call("--checkpoint", str(broken), "--text", str(t5), *args, "--out", str(tmp_path / "o")),
+                   "final_layer.linear.weight")
+    one_line_error(call("--checkpoint", str(tmp_path / "nope.pth"), "--text", str(t5), *args), "nope.pth: not found")
+    one_line_error(call("--checkpoint", str(tmp / "model.safetensors"), "--text", str(tmp_path / "no_t5"), *args),
+                   "--text", "no_t5: not found")
+    r = call("--checkpoint", str(tmp / "model.safetensors"), "--prompt", "x")
+    assert r.returncode == 2 and "--checkpoint needs --config" in r.stderr
+    one_line_error(call("--checkpoint", str(tmp / "model.safetensors"), "--config", "configs/shapes_tiny.py:quick",
+                        "--prompt", "x"), "text.encoder is 'trainable'")

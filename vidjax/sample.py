@@ -1,6 +1,8 @@
-"""Generate videos from text with a trained workdir.
+"""Generate videos from text with a trained workdir or an imported Open-Sora / PixArt checkpoint.
 
     python -m vidjax.sample --workdir runs/shapes_tiny --prompt "a blue square moving up" --out out.mp4
+    python -m vidjax.sample --checkpoint OpenSora-v1-HQ-16x512x512.pth --config configs/opensora_v1/stage2.py \
+        --vae pretrained_models/sd-vae-ft-ema --text pretrained_models/t5-v1_1-xxl --prompts prompts.txt
     python -m vidjax.sample --workdir runs/shapes_tiny --prompts prompts.txt --out samples/
     python -m vidjax.sample --workdir runs/three_stage_shapes/stage3 --prompt "a red circle moving left" \
         --num_frames 16 --resolution 64px --aspect_ratio 1:2 --steps 50 --cfg_scale 5 --out samples/
@@ -10,6 +12,12 @@ prompt). The size defaults to the training clip size; ``--num_frames``, ``--heig
 (``--resolution`` with ``--aspect_ratio``, Open-Sora's tables plus the run's ``data.resolutions``) choose another.
 Prompts are spread data-parallel over every local device (one compiled batch, padded to a multiple of the device
 count); prompt ``i`` gets the same starting noise on any number of devices.
+
+``--checkpoint`` takes what ``vidjax.convert`` reads (an Open-Sora v1.0 / PixArt-α ``.pth`` or ``.safetensors``,
+a vidjax export, or a published v1.2 ``OpenSora-STDiT-v3`` directory) with ``--config``, the config that describes
+its architecture, objective and sizes (``--config.KEY=VALUE`` overrides as in vidjax.train); ``--vae`` and
+``--text`` are the local VAE and T5 directories (else the config's paths). The load is strict and its report is
+printed: a missing, unexpected or mis-shaped tensor stops with one line naming it.
 """
 
 from __future__ import annotations
@@ -186,9 +194,49 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
+def imported_model(checkpoint: str, config, vae_dir: str | None = None, text_dir: str | None = None):
+    """(config, model, report) for an imported checkpoint: the model of ``config`` (its ``model``, ``text`` and
+    ``vae`` entries; ``vae_dir`` / ``text_dir`` replace their paths) with the checkpoint's weights, loaded strictly."""
+    from flax import nnx
+
+    from vidjax.interop import load_pretrained
+    from vidjax.models.t2v import build_model
+    from vidjax.models.vae import vae_architecture
+
+    path = Path(checkpoint)
+    if not path.exists():
+        raise MissingFileError(f"--checkpoint {path}: not found")
+    if config.text.encoder == "trainable":
+        raise ConfigError(f"--checkpoint {path}: the config's text.encoder is 'trainable', whose weights an imported "
+                          "checkpoint does not hold; use a config with text.encoder='t5' (and --text DIR)")
+    with config.unlocked():
+        if vae_dir:
+            if config.vae.type not in ("sd_vae", "opensora_vae", "causal_vae"):
+                raise ConfigError(f"--vae {vae_dir}: the config's vae.type={config.vae.type!r} loads no directory; "
+                                  "expected sd_vae, opensora_vae or causal_vae")
+            config.vae.from_pretrained = str(vae_dir)
+        if text_dir:
+            config.text.path = str(text_dir)
+    for what, folder in (("--vae", config.vae.get("from_pretrained")), ("--text", config.text.get("path"))):
+        if folder and not Path(folder).exists():
+            raise MissingFileError(f"{what} {folder}: not found (a local directory; nothing is downloaded)")
+    channels = vae_architecture(config.vae).latent_channels
+    model = build_model(config, nnx.Rngs(config.seed), latent_channels=channels)
+    report = load_pretrained(model.dit, path)
+    return config, model, report
+
+
 def main(argv: list[str] | None = None) -> int:
+    from vidjax.config import add_config_arguments, parse_config_args
+
     p = argparse.ArgumentParser(prog="python -m vidjax.sample", description=__doc__.split("\n")[1])
-    p.add_argument("--workdir", required=True, help="training workdir holding checkpoints/")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", help="training workdir holding checkpoints/")
+    src.add_argument("--checkpoint", help="an imported model: Open-Sora / PixArt .pth or .safetensors, a vidjax "
+                     "export, or an OpenSora-STDiT-v3 directory (with --config)")
+    add_config_arguments(p, required=False)  # with --checkpoint: the architecture, objective and sizes
+    p.add_argument("--vae", help="with --checkpoint: the local VAE directory (default: the config's)")
+    p.add_argument("--text", help="with --checkpoint: the local T5 directory (default: the config's)")
     p.add_argument("--prompt", action="append", help="a caption (repeatable)")
     p.add_argument("--prompts", help="a text file with one caption per line")
     p.add_argument("--out", default="samples", help="an .mp4 path (one prompt) or a folder")
@@ -208,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                    help="the EMA weights (default) or, with --no-ema, the raw ones")
     p.add_argument("--no_ema", dest="ema", action="store_false", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
+    a, imported_config = parse_config_args(p, argv)
+    if a.checkpoint and imported_config is None:
+        p.error("--checkpoint needs --config (the config describing its architecture, objective and sizes)")
+    if a.workdir and (imported_config is not None or a.vae or a.text):
+        p.error("--config, --vae and --text go with --checkpoint; a --workdir carries its own")
     prompts = list(a.prompt or []) + (read_prompts(a.prompts) if a.prompts else [])
     if not prompts:
         p.error("give --prompt or --prompts")
@@ -226,7 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     from vidjax.models.vae import build_vae
     from vidjax.parallel.mesh import make_mesh
 
-    config, model, step = restore_model(a.workdir, a.step, ema=a.ema)
+    if a.checkpoint:
+        config, model, report = imported_model(a.checkpoint, imported_config, a.vae, a.text)
+        print(report.summary(), file=sys.stderr)
+        step = Path(a.checkpoint).name
+    else:
+        config, model, step = restore_model(a.workdir, a.step, ema=a.ema)
     vae = build_vae(config.vae)
     size = clip_size(config, vae, num_frames=a.num_frames, height=a.height, width=a.width,
                      resolution=a.resolution, aspect_ratio=a.aspect_ratio)
@@ -245,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     clips = generate(model, config, vae, build_diffusion(config.diffusion), text_inputs(config), prompts,
                      seed=a.seed, steps=a.steps, cfg_scale=a.cfg_scale, batch_size=a.batch_size, progress=True,
                      mesh=mesh, vae_batch=a.vae_batch)
-    what = f"{size[0]}x{size[1]}x{size[2]}, checkpoint step {step}, {len(jax.local_devices())} device(s)"
+    source = f"checkpoint {step}" if a.checkpoint else f"checkpoint step {step}"
+    what = f"{size[0]}x{size[1]}x{size[2]}, {source}, {len(jax.local_devices())} device(s)"
     if out.suffix == ".mp4":
         out.parent.mkdir(parents=True, exist_ok=True)
         write_video(out, clips[0], fps=fps)
