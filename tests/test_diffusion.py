@@ -645,3 +645,28 @@ def test_rflow_sampler_keeps_condition_frames_and_matches_the_plain_sampler_with
     free = rf.sample(fn, z, {}, None, steps=4, cfg_scale=1.0)
     np.testing.assert_allclose(rf.sample(fn, z, {}, None, steps=4, cfg_scale=1.0, mask=jnp.ones((2, 3))), free,
                                atol=1e-6)
+
+
+def test_mask_strategies_follow_v12s_syntax_by_hand():
+    from vidjax.diffusion.conditions import append_scores, apply_mask_strategy, parse_mask_strategy
+    from vidjax.errors import InputError
+
+    assert parse_mask_strategy("0") == [(0, 0, 0, 0, 1, 0.0)]
+    assert parse_mask_strategy("0,0,-1,0,2,0.5;1,1") == [(0, 0, -1, 0, 2, 0.5), (1, 1, 0, 0, 1, 0.0)]
+    ref = np.arange(3, dtype=np.float32).reshape(3, 1, 1, 1) + 1  # latent frames valued 1, 2, 3
+    z = np.zeros((5, 1, 1, 1), np.float32)
+    out, mask = apply_mask_strategy(z, [ref], "0,0,-1,0,2,0.5")  # ref_start 2, length clipped to 1
+    assert out[:, 0, 0, 0].tolist() == [3, 0, 0, 0, 0] and mask.tolist() == [0.5, 1, 1, 1, 1]
+    out, mask = apply_mask_strategy(z, [ref], "0,0,0,-2,4")  # target 3, length clipped to 2
+    assert out[:, 0, 0, 0].tolist() == [0, 0, 0, 1, 2] and mask.tolist() == [1, 1, 1, 0, 0]
+    out, mask = apply_mask_strategy(np.zeros((15, 1, 1, 1)), [np.ones((15, 1, 1, 1))], "0,0,0,3,1", align=5)
+    assert mask.tolist().index(0.0) == 5  # v1.2's find_nearest_point: 3 -> 5
+    out, mask = apply_mask_strategy(z, [ref], "1,0,0,0,1")  # another loop's group: nothing here
+    assert (mask == 1).all() and (out == 0).all()
+    assert z.sum() == 0  # the input is not modified
+    for bad, message in [("0,a", "integers"), ("0,1", "1 reference"), ("0,0,0,9,1", "outside"),
+                         ("0,0,0,0,0", "length >= 1"), ("1,2,3,4,5,6,7", "1 to 6")]:
+        with pytest.raises(InputError, match=message):
+            apply_mask_strategy(z, [ref], bad)
+    assert append_scores(["a cat", "a dog aesthetic score: 5.0."], aes=6.5, flow=10) == [
+        "a cat aesthetic score: 6.5. motion score: 10.0.", "a dog aesthetic score: 5.0. motion score: 10.0."]

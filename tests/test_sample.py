@@ -181,3 +181,44 @@ def test_imported_checkpoint_errors_are_one_line(t5_run, tmp_path):
     assert r.returncode == 2 and "--checkpoint needs --config" in r.stderr
     one_line_error(call("--checkpoint", str(tmp / "model.safetensors"), "--config", "configs/shapes_tiny.py:quick",
                         "--prompt", "x"), "text.encoder is 'trainable'")
+
+
+def test_reference_frames_and_mask_strategies(tmp_path):
+    """v1.2's image-to-video / extension syntax: --reference + --mask_strategy (or the JSON after a prompt) put the
+    reference's latent frames where the strategy says, and the sampler keeps them (raw pixels here: exactly)."""
+    from vidjax.checkpoint import restore_model
+    from vidjax.data import shapes
+    from vidjax.data.video_io import save_png, write_video
+    from vidjax.diffusion import build_diffusion
+    from vidjax.models.t2v import text_inputs
+    from vidjax.models.vae import build_vae
+    from vidjax.sample import condition_latents, generate, split_prompt_json
+
+    c = quick(get_config("quick,v12"), tmp_path, **{"train.steps": 2, "train.ckpt_every": 2, "sample.num_prompts": 0,
+                                                    "model.patch": (1, 4, 4)})
+    run(c, tmp_path / "w")
+    clip, _ = shapes.make_clip(0, 3, 8, 32, 32, "heldout")
+    save_png(tmp_path / "first.png", clip[0])
+    write_video(tmp_path / "clip.mp4", clip, fps=8)
+    prompts, refs, strategies = split_prompt_json(
+        ['a red circle moving left{"reference_path": "%s", "mask_strategy": "0"}' % (tmp_path / "first.png"),
+         "a blue square moving up"], [""] * 2, ["", "0,0,0,-2,2"])
+    assert prompts == ["a red circle moving left", "a blue square moving up"] and strategies[0] == "0"
+    refs[1] = str(tmp_path / "first.png")  # the image as the last two frames (repeated: the strategy clips to 1)
+    config, model, _ = restore_model(tmp_path / "w")
+    vae = build_vae(config.vae)
+    ref, mask = condition_latents(vae, (8, 32, 32), refs, strategies)
+    assert mask.tolist() == [[0] + [1] * 7, [1] * 6 + [0, 1]]
+    out = generate(model, config, vae, build_diffusion(config.diffusion), text_inputs(config), prompts,
+                   reference=ref, mask=mask, steps=2)
+    np.testing.assert_array_equal(out[0, 0], clip[0])
+    np.testing.assert_array_equal(out[1, 6], clip[0])
+    r = call("--workdir", str(tmp_path / "w"), "--prompt", "a red circle moving left", "--reference",
+             str(tmp_path / "clip.mp4"), "--mask_strategy", "0,0,0,0,4", "--aes", "6.5", "--steps", "2",
+             "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert read_video(next((tmp_path / "out").glob("000_a_red_circle_moving_left_aesthetic_score*.mp4"))).shape[0] == 8
+    base = ["--workdir", str(tmp_path / "w"), "--prompt", "a red circle", "--steps", "2"]
+    one_line_error(call(*base, "--reference", str(tmp_path / "nope.mp4")), "nope.mp4", "not found")
+    one_line_error(call(*base, "--reference", str(tmp_path / "clip.mp4"), "--mask_strategy", "0,x"), "integers")
+    one_line_error(call(*base, "--mask_strategy", "0"), "without a --reference")

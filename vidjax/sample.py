@@ -36,6 +36,7 @@ from tqdm import tqdm
 from vidjax import cli
 from vidjax.cli import check_writable
 from vidjax.data.video_io import frame_grid, save_png, write_gif, write_video
+from vidjax.diffusion.conditions import append_scores
 from vidjax.errors import ConfigError, InputError, MissingFileError
 
 
@@ -194,6 +195,72 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
+def per_prompt(values: list[str] | None, prompts: list[str], flag: str) -> list[str]:
+    """A repeatable flag as one value per prompt: none, one for every prompt, or exactly one each."""
+    if not values:
+        return [""] * len(prompts)
+    if len(values) == 1:
+        return values * len(prompts)
+    if len(values) != len(prompts):
+        raise ConfigError(f"{flag} given {len(values)} times for {len(prompts)} prompts; give it once (for all) or "
+                          "once per prompt")
+    return list(values)
+
+
+def split_prompt_json(prompts: list[str], refs: list[str], strategies: list[str]):
+    """v1.2's per-prompt options: ``a cat{"reference_path": "cat.png", "mask_strategy": "0"}`` -> the prompt, its
+    reference and its mask strategy (which then override the flags for that prompt)."""
+    import json
+
+    out = []
+    refs, strategies = list(refs), list(strategies)
+    for i, prompt in enumerate(prompts):
+        text, brace, rest = prompt.partition("{")
+        if brace:
+            try:
+                extra = json.loads(brace + rest)
+            except json.JSONDecodeError as e:
+                raise InputError(f"prompt {i + 1}: the JSON after the caption is invalid ({e.msg})") from None
+            unknown = sorted(set(extra) - {"reference_path", "mask_strategy"})
+            if not isinstance(extra, dict) or unknown:
+                raise InputError(f"prompt {i + 1}: unknown keys {unknown} in its JSON; expected reference_path, "
+                                 "mask_strategy")
+            refs[i] = extra.get("reference_path", refs[i])
+            strategies[i] = extra.get("mask_strategy", strategies[i])
+        out.append(text.strip())
+    return out, refs, strategies
+
+
+def condition_latents(vae, size: tuple[int, int, int], refs: list[str], strategies: list[str],
+                      align: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(reference latents [N, T', h, w, C] with each prompt's frames written where its mask strategy says, mask
+    [N, T']) for :func:`generate`. References are read, resized and center-cropped to the clip size, and encoded."""
+    from vidjax.data.video_io import read_video, resize_clip
+    from vidjax.diffusion.conditions import apply_mask_strategy
+
+    frames, height, width = size
+    lt, lh, lw = vae.latent_shape(frames, height, width)
+    encoded: dict[str, np.ndarray] = {}
+    latents, masks = [], []
+    for i, (paths, strategy) in enumerate(zip(refs, strategies, strict=True)):
+        if paths and not strategy:
+            strategy = "0"  # v1.2: a reference without a strategy conditions on its first latent frame
+        if strategy and not paths:
+            raise InputError(f"prompt {i + 1}: --mask_strategy {strategy!r} without a --reference")
+        ref_latents = []
+        for path in [q for q in (paths or "").split(";") if q]:
+            if path not in encoded:
+                clip = resize_clip(read_video(path), height, width)  # a missing / unreadable file: one line
+                x = jnp.asarray(clip[None].astype(np.float32) / 127.5 - 1.0)
+                encoded[path] = np.asarray(vae.encode(x))[0]
+            ref_latents.append(encoded[path])
+        z, m = apply_mask_strategy(np.zeros((lt, lh, lw, vae.latent_channels), np.float32), ref_latents, strategy,
+                                   align=align)
+        latents.append(z)
+        masks.append(m)
+    return np.stack(latents), np.stack(masks)
+
+
 def imported_model(checkpoint: str, config, vae_dir: str | None = None, text_dir: str | None = None):
     """(config, model, report) for an imported checkpoint: the model of ``config`` (its ``model``, ``text`` and
     ``vae`` entries; ``vae_dir`` / ``text_dir`` replace their paths) with the checkpoint's weights, loaded strictly."""
@@ -252,6 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cfg_scale", type=float, default=None, help="guidance scale (default: the config's)")
     p.add_argument("--batch_size", type=int, default=None, help="prompts per compiled batch (default: the config's)")
     p.add_argument("--vae_batch", type=int, default=None, help="clips decoded at a time (default: the batch)")
+    p.add_argument("--reference", action="append", help="condition frames (v1.2): an image or video per prompt, "
+                   "several joined by ';' (repeatable: one per prompt, or one for all)")
+    p.add_argument("--mask_strategy", action="append", help="v1.2's loop,ref,ref_start,target_start,length,"
+                   "edit_ratio groups joined by ';' (repeatable like --reference; '0' = image-to-video)")
+    p.add_argument("--align", type=int, default=None, help="round mask-strategy starts to this many latent frames")
+    p.add_argument("--aes", type=float, default=None, help="append v1.2's 'aesthetic score: X.' to each prompt")
+    p.add_argument("--flow", type=float, default=None, help="append v1.2's 'motion score: X.' to each prompt")
+    p.add_argument("--camera_motion", default=None, help="append v1.2's 'camera motion: X.' to each prompt")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                    help="the EMA weights (default) or, with --no-ema, the raw ones")
@@ -298,10 +373,19 @@ def main(argv: list[str] | None = None) -> int:
             if name == "iddpm":
                 config.diffusion.sampler = a.sampler
     fps = a.fps or config.sample.fps
+    prompts, refs, strategies = split_prompt_json(prompts, per_prompt(a.reference, prompts, "--reference"),
+                                                  per_prompt(a.mask_strategy, prompts, "--mask_strategy"))
+    reference, mask = None, None
+    if any(strategies) or any(refs):
+        if config.diffusion.get("name") != "rflow":
+            raise ConfigError(f"--reference / --mask_strategy: condition frames need a rectified-flow model (v1.2); "
+                              f"this one is {config.diffusion.get('name')!r}")
+        reference, mask = condition_latents(vae, size, refs, strategies, a.align)
+    prompts = append_scores(prompts, a.aes, a.flow, a.camera_motion)
     mesh = make_mesh(None, devices=jax.local_devices())  # every local device on the data axis
     clips = generate(model, config, vae, build_diffusion(config.diffusion), text_inputs(config), prompts,
                      seed=a.seed, steps=a.steps, cfg_scale=a.cfg_scale, batch_size=a.batch_size, progress=True,
-                     mesh=mesh, vae_batch=a.vae_batch)
+                     mesh=mesh, vae_batch=a.vae_batch, reference=reference, mask=mask)
     source = f"checkpoint {step}" if a.checkpoint else f"checkpoint step {step}"
     what = f"{size[0]}x{size[1]}x{size[2]}, {source}, {len(jax.local_devices())} device(s)"
     if out.suffix == ".mp4":
