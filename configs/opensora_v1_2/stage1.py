@@ -9,8 +9,8 @@ v1.2's settings, by its names: bf16, ZeRO (FSDP over every device here), ``grad_
 (``model.remat="full"``), ``freeze_y_embedder=True``, AdamW lr 1e-4, ``adam_eps=1e-15``, EMA 0.99, clip 1.0,
 1000 warm-up steps, rectified flow with logit-normal timesteps and the resolution- and length-aware shift.
 The report's stage 1: WebVid-10M, about 30k steps, mostly 240p/360p. ``MASK_RATIOS`` are v1.2's condition-frame
-ratios; the loop does not train with frame masks yet (``model.name="stdit3"`` trains text-to-video), so they are
-recorded here, not applied.
+ratios (``diffusion.mask_ratios``): that share of clips keeps some latent frames clean, so the model also learns
+image-to-video and extension.
 """
 
 from pathlib import Path
@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     c.diffusion = ConfigDict(dict(name="rflow", sample_method="logit-normal", use_timestep_transform=True,
                                   transform_scale=1.0, prediction="v", loss_weight="v", caption_dropout=0.1,
-                                  sample_steps=30, cfg_scale=7.0))
+                                  sample_steps=30, cfg_scale=7.0, mask_ratios=MASK_RATIOS))
     c.train.update(steps=30_000, lr=1e-4, warmup=1000, final_lr_frac=1.0, weight_decay=0.0, b2=0.999,
                    adam_eps=1e-15, grad_clip=1.0, ema_decay=0.99, log_every=10, ckpt_every=200,
                    init_from="", init_allow_missing=False)

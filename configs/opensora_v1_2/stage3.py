@@ -1,7 +1,7 @@
 """Open-Sora v1.2, stage 3 at full size (``configs/opensora-v1-2/train/stage3.py`` at tag v1.2.0): v1.2's stage-3
 bucket table (up to 720p/1080p, 408-frame buckets at 240p/360p), 1000 warm-up steps, from stage 2's final EMA
 weights. The report's stage 3: about 2M high-quality clips, about 15k steps, 25% condition-frame masks
-(``MASK_RATIOS``, recorded, not applied: see stage1.py).
+(``MASK_RATIOS``, as ``diffusion.mask_ratios``).
 
     python -m vidjax.tools.shardcheck --config configs/opensora_v1_2/stage3.py --mesh fsdp=8 --fast
 """
@@ -33,5 +33,6 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c = load_config_module(Path(__file__).with_name("stage1.py")).get_config()
     c.name = "opensora_v1_2_stage3"
     c.data.bucket_config = BUCKET_CONFIG
+    c.diffusion.mask_ratios = MASK_RATIOS
     c.train.update(steps=15_000, warmup=1000, init_from="runs/opensora_v1_2_stage2")
     return c
