@@ -222,3 +222,20 @@ def test_reference_frames_and_mask_strategies(tmp_path):
     one_line_error(call(*base, "--reference", str(tmp_path / "nope.mp4")), "nope.mp4", "not found")
     one_line_error(call(*base, "--reference", str(tmp_path / "clip.mp4"), "--mask_strategy", "0,x"), "integers")
     one_line_error(call(*base, "--mask_strategy", "0"), "without a --reference")
+
+
+def test_sequence_parallel_sampling_gives_the_same_clips(workdir, tmp_path):
+    """--sequence_parallel 2 on 8 devices (4 data groups × 2 sequence shards, DSP) samples the clips 1 device does."""
+    outs = {}
+    for name, devices, extra in [("one", 1, []), ("sp", 8, ["--sequence_parallel", "2"])]:
+        r = call("--workdir", str(workdir), "--prompt", "a red circle moving left", "--prompt", "a blue square",
+                 "--steps", "3", "--out", str(tmp_path / name), *extra, devices=devices)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert f"{devices} device(s)" in r.stdout
+        outs[name] = np.stack([read_video(p) for p in sorted((tmp_path / name).glob("*.mp4"))]).astype(int)
+    diff = np.abs(outs["one"] - outs["sp"])
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999, (diff.max(), (diff == 0).mean())
+    one_line_error(call("--workdir", str(workdir), "--prompt", "x", "--sequence_parallel", "3", devices=8),
+                   "--sequence_parallel=3", "8 local devices")
+    one_line_error(call("--workdir", str(workdir), "--prompt", "x", "--sequence_parallel", "8", devices=8),
+                   "latent frames")

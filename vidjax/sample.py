@@ -23,6 +23,7 @@ printed: a missing, unexpected or mis-shaped tensor stops with one line naming i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 from pathlib import Path
@@ -103,8 +104,9 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
         if mask is not None:
             extra = tuple(place(jnp.asarray(_pad_rows(np.asarray(a[i : i + n], np.float32), batch_size)))
                           for a in (reference, mask))
-        z = np.asarray(run(state, place(noise), {k: place(jnp.asarray(v)) for k, v in cond.items()}, rng,
-                           *extra))[:n]
+        with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():  # sequence-parallel constraints
+            z = np.asarray(run(state, place(noise), {k: place(jnp.asarray(v)) for k, v in cond.items()}, rng,
+                               *extra))[:n]
         for j in range(0, n, vae_batch):
             part = z[j : j + vae_batch]
             pad = vae_batch - len(part)
@@ -319,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cfg_scale", type=float, default=None, help="guidance scale (default: the config's)")
     p.add_argument("--batch_size", type=int, default=None, help="prompts per compiled batch (default: the config's)")
     p.add_argument("--vae_batch", type=int, default=None, help="clips decoded at a time (default: the batch)")
+    p.add_argument("--sequence_parallel", type=int, default=1, metavar="N",
+                   help="split each clip's frames over N devices (long clips; the model's sequence_parallel scheme)")
     p.add_argument("--reference", action="append", help="condition frames (v1.2): an image or video per prompt, "
                    "several joined by ';' (repeatable: one per prompt, or one for all)")
     p.add_argument("--mask_strategy", action="append", help="v1.2's loop,ref,ref_start,target_start,length,"
@@ -382,7 +386,15 @@ def main(argv: list[str] | None = None) -> int:
                               f"this one is {config.diffusion.get('name')!r}")
         reference, mask = condition_latents(vae, size, refs, strategies, a.align)
     prompts = append_scores(prompts, a.aes, a.flow, a.camera_motion)
-    mesh = make_mesh(None, devices=jax.local_devices())  # every local device on the data axis
+    devices = jax.local_devices()
+    if a.sequence_parallel < 1 or len(devices) % a.sequence_parallel:
+        raise ConfigError(f"--sequence_parallel={a.sequence_parallel}: must divide the {len(devices)} local devices")
+    # every local device on the data axis, or groups of --sequence_parallel devices sharing each clip's frames
+    mesh = make_mesh(None, devices=devices, sequence=a.sequence_parallel)
+    if a.sequence_parallel > 1:
+        from vidjax.parallel.sequence import check_parallel
+
+        check_parallel(config, mesh, vae, size)
     clips = generate(model, config, vae, build_diffusion(config.diffusion), text_inputs(config), prompts,
                      seed=a.seed, steps=a.steps, cfg_scale=a.cfg_scale, batch_size=a.batch_size, progress=True,
                      mesh=mesh, vae_batch=a.vae_batch, reference=reference, mask=mask)

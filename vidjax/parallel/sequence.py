@@ -36,7 +36,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from vidjax.parallel.rules import active_mesh, mesh_spec
+from vidjax.errors import ConfigError
+from vidjax.parallel.rules import active_mesh, axis_size, mesh_spec
 
 Array = jax.Array
 SCHEMES = ("dsp", "ulysses", "ring")
@@ -239,3 +240,35 @@ def parallel_attention(scheme: str | None, attend: Attend, q: Array, k: Array, v
 
 __all__ = ["SCHEMES", "check_divisible", "parallel_attention", "ring_attention", "sequence_shards", "split_frames",
            "split_tokens", "ulysses"]
+
+
+# --------------------------------------------------------------------------------------
+# Config checks: can the mesh's sequence axis split this clip? (training, sampling, shardcheck)
+# --------------------------------------------------------------------------------------
+
+
+def check_parallel(config, mesh, vae, size: tuple[int, int, int] | None = None) -> None:
+    """One-line errors for a clip (``size`` = frames, height, width; default the data size) that the mesh's
+    sequence axis cannot split (before anything is compiled)."""
+    seq = axis_size("frames", mesh)  # the sequence-parallel degree
+    if seq == 1:
+        return
+    d, m = config.data, config.model
+    bucket = None if size is None else "x".join(map(str, size))
+    size = size or (d.frames, d.height, d.width)
+    lt, lh, lw = vae.latent_shape(*size)
+    frames, tokens = lt // m.patch[0], (lh // m.patch[1]) * (lw // m.patch[2])
+    scheme = m.get("sequence_parallel", "auto")
+    if m.get("name", "stdit") == "dit":
+        total = frames * tokens + (config.text.max_length if m.get("conditioning") == "token-concat" else 0)
+        if total % seq:
+            raise ConfigError(f"config.data.frames/height/width give {total} tokens (with the caption if "
+                              f"token-concat), not divisible by mesh sequence={seq}")
+    elif scheme == "ring":
+        if tokens % seq:
+            raise ConfigError(f"config.data.height/width give {tokens} tokens per frame, not divisible by mesh "
+                              f"sequence={seq} (sequence_parallel='ring')")
+    elif frames % seq:
+        where = f"config.data.frames={size[0]} gives" if bucket is None else f"bucket {bucket}: {size[0]} frames give"
+        raise ConfigError(f"{where} {frames} latent frames (VAE stride {vae.downsample[0]}, patch {m.patch[0]}), "
+                          f"not divisible by mesh sequence={seq}")

@@ -34,7 +34,7 @@ from vidjax.models.t2v import build_model, text_inputs, trainable
 from vidjax.models.vae import VAE_WEIGHTS_DIR, build_vae
 from vidjax.parallel import distributed
 from vidjax.parallel import sharding as shd
-from vidjax.parallel.rules import axis_size
+from vidjax.parallel.sequence import check_parallel
 from vidjax.training import loop
 from vidjax.training import metrics as mx
 from vidjax.training.state import ModelParts, make_optimizer, update
@@ -64,33 +64,6 @@ def check_config(config) -> None:
     if dif.get("mask_ratios") and pt != 1:
         raise ConfigError(f"config.diffusion.mask_ratios marks latent frames clean, so config.model.patch="
                           f"{tuple(m.patch)} must have time patch 1 (as v1.2's (1, 2, 2))")
-
-
-def check_parallel(config, mesh, vae, size: tuple[int, int, int] | None = None) -> None:
-    """One-line errors for a clip (``size`` = frames, height, width; default the data size) that the mesh's
-    sequence axis cannot split (before anything is compiled)."""
-    seq = axis_size("frames", mesh)  # the sequence-parallel degree
-    if seq == 1:
-        return
-    d, m = config.data, config.model
-    bucket = None if size is None else "x".join(map(str, size))
-    size = size or (d.frames, d.height, d.width)
-    lt, lh, lw = vae.latent_shape(*size)
-    frames, tokens = lt // m.patch[0], (lh // m.patch[1]) * (lw // m.patch[2])
-    scheme = m.get("sequence_parallel", "auto")
-    if m.get("name", "stdit") == "dit":
-        total = frames * tokens + (config.text.max_length if m.get("conditioning") == "token-concat" else 0)
-        if total % seq:
-            raise ConfigError(f"config.data.frames/height/width give {total} tokens (with the caption if "
-                              f"token-concat), not divisible by mesh sequence={seq}")
-    elif scheme == "ring":
-        if tokens % seq:
-            raise ConfigError(f"config.data.height/width give {tokens} tokens per frame, not divisible by mesh "
-                              f"sequence={seq} (sequence_parallel='ring')")
-    elif frames % seq:
-        where = f"config.data.frames={size[0]} gives" if bucket is None else f"bucket {bucket}: {size[0]} frames give"
-        raise ConfigError(f"{where} {frames} latent frames (VAE stride {vae.downsample[0]}, patch {m.patch[0]}), "
-                          f"not divisible by mesh sequence={seq}")
 
 
 def stage0_config(config) -> ml_collections.ConfigDict | None:
