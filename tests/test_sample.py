@@ -239,3 +239,26 @@ def test_sequence_parallel_sampling_gives_the_same_clips(workdir, tmp_path):
                    "--sequence_parallel=3", "8 local devices")
     one_line_error(call("--workdir", str(workdir), "--prompt", "x", "--sequence_parallel", "8", devices=8),
                    "latent frames")
+
+
+def test_two_processes_split_the_prompts_and_give_the_same_clips(workdir, tmp_path):
+    """Under jax.distributed (2 local processes, launch/local_multiprocess.sh) process r samples prompts r, r + 2,
+    ...; the files, and the clips in them, are those of one process, and the first process writes the grid."""
+    prompts = ["a red circle moving left", "a blue square", "a green triangle moving up"]
+    args = [a for p in prompts for a in ("--prompt", p)] + ["--steps", "3"]
+    r = call("--workdir", str(workdir), *args, "--out", str(tmp_path / "one"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    env = dict(os.environ, PYTHON=sys.executable)
+    env.pop("XLA_FLAGS", None)
+    r = subprocess.run(["bash", "launch/local_multiprocess.sh", "-n", "2", "-d", "1", "-l", str(tmp_path / "logs"),
+                        "--", sys.executable, "-m", "vidjax.sample", "--workdir", str(workdir), *args,
+                        "--out", str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "× 2 processes" in (tmp_path / "logs" / "process_0.log").read_text()
+    assert "process 1 of 2: sampled prompts [1]" in (tmp_path / "logs" / "process_1.log").read_text()
+    one = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert one == sorted(p.name for p in (tmp_path / "two").iterdir()) and "grid.png" in one
+    for name in (n for n in one if n.endswith(".mp4")):
+        a, b = read_video(tmp_path / "one" / name).astype(int), read_video(tmp_path / "two" / name).astype(int)
+        assert np.abs(a - b).max() <= 1, name

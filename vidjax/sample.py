@@ -11,7 +11,8 @@ Per prompt ``<index>_<slug>.mp4``, an animated ``.gif`` and a frame-strip ``.png
 prompt). The size defaults to the training clip size; ``--num_frames``, ``--height`` / ``--width`` or a bucket name
 (``--resolution`` with ``--aspect_ratio``, Open-Sora's tables plus the run's ``data.resolutions``) choose another.
 Prompts are spread data-parallel over every local device (one compiled batch, padded to a multiple of the device
-count); prompt ``i`` gets the same starting noise on any number of devices.
+count), and over processes when several run (prompt ``i`` on process ``i mod P``, each writing its own files, the
+first one the grid); prompt ``i`` gets the same starting noise on any number of devices and processes.
 
 ``--checkpoint`` takes what ``vidjax.convert`` reads (an Open-Sora v1.0 / PixArt-α ``.pth`` or ``.safetensors``,
 a vidjax export, or a published v1.2 ``OpenSora-STDiT-v3`` directory) with ``--config``, the config that describes
@@ -44,13 +45,14 @@ from vidjax.errors import ConfigError, InputError, MissingFileError
 def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, seed: int = 0, steps: int | None = None,
              cfg_scale: float | None = None, batch_size: int | None = None, progress: bool = False, mesh=None,
              vae_batch: int | None = None, reference: np.ndarray | None = None,
-             mask: np.ndarray | None = None) -> np.ndarray:
+             mask: np.ndarray | None = None, indices: list[int] | None = None) -> np.ndarray:
     """Sample one clip per prompt at the ``config.data`` size: uint8 [N, T, H, W, 3].
 
     Condition frames (Open-Sora v1.2, rectified flow): ``reference`` latents [N, T', h, w, C] and ``mask`` [N, T']
     (1 = generate, 0 = keep the reference latent frame, between = edit it from that noise level).
 
-    Prompt i always gets noise ``fold_in(seed, i)``. With a ``mesh`` the batch is split over its data axes (the batch
+    Prompt i always gets noise ``fold_in(seed, i)`` (``indices``: the prompts' indices in a larger list, as when
+    processes share one). With a ``mesh`` the batch is split over its data axes (the batch
     size rounded up to a multiple of them) and the weights replicated. ``vae_batch`` decodes that many clips at a
     time (memory for long clips; default the whole batch).
     """
@@ -97,8 +99,9 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
         cond = tokenizer(chunk)  # {"ids", "mask"} (trainable encoder) or {"y", "mask"} (frozen T5 / CLIP)
         if isinstance(cond, tuple):
             cond = {"ids": cond[0], "mask": cond[1]}
-        noise = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.key(seed), i + j),
-                                             (lt, lh, lw, vae.latent_channels)) for j in range(batch_size)])
+        index = [indices[min(i + j, len(prompts) - 1)] if indices else i + j for j in range(batch_size)]
+        noise = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.key(seed), k),
+                                             (lt, lh, lw, vae.latent_channels)) for k in index])
         rng = jax.random.fold_in(jax.random.key(seed + 1), i)  # the ancestral sampler's per-step noise
         extra = ()
         if mask is not None:
@@ -125,22 +128,23 @@ def _slug(text: str) -> str:
 
 
 def save_samples(out_dir: str | Path, clips: np.ndarray, prompts: list[str], fps: int = 8,
-                 gifs: bool = False) -> Path:
+                 gifs: bool = False, indices: list[int] | None = None, grid: bool = True) -> Path:
     """mp4 per clip plus ``grid.png`` (row per clip, upscaled for viewing); with ``gifs`` also an animated GIF and
-    a frame-strip PNG per clip. Returns the grid path."""
+    a frame-strip PNG per clip. ``indices`` number the files (default 0, 1, ...). Returns the grid path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scale = max(1, 128 // clips.shape[2])
-    for i, (clip, p) in enumerate(zip(clips, prompts, strict=True)):
+    for i, clip, p in zip(indices or range(len(clips)), clips, prompts, strict=True):
         stem = out_dir / f"{i:03d}_{_slug(p)}"
         write_video(stem.with_suffix(".mp4"), clip, fps=fps)
         if gifs:
             write_gif(stem.with_suffix(".gif"), clip, fps=fps, scale=scale)
             save_png(stem.with_suffix(".png"), frame_grid(clip[None]), scale=scale)
-    (out_dir / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    grid = out_dir / "grid.png"
-    save_png(grid, frame_grid(clips), scale=scale)
-    return grid
+    grid_path = out_dir / "grid.png"
+    if grid:
+        (out_dir / "prompts.txt").write_text("\n".join(prompts) + "\n")
+        save_png(grid_path, frame_grid(clips), scale=scale)
+    return grid_path
 
 
 def clip_size(config, vae, *, num_frames: int | None = None, height: int | None = None, width: int | None = None,
@@ -297,7 +301,9 @@ def imported_model(checkpoint: str, config, vae_dir: str | None = None, text_dir
 
 def main(argv: list[str] | None = None) -> int:
     from vidjax.config import add_config_arguments, parse_config_args
+    from vidjax.parallel import distributed
 
+    distributed.initialize()  # several processes when the environment says so (JAX_COORDINATOR_ADDRESS, SLURM, TPU)
     p = argparse.ArgumentParser(prog="python -m vidjax.sample", description=__doc__.split("\n")[1])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--workdir", help="training workdir holding checkpoints/")
@@ -395,11 +401,35 @@ def main(argv: list[str] | None = None) -> int:
         from vidjax.parallel.sequence import check_parallel
 
         check_parallel(config, mesh, vae, size)
-    clips = generate(model, config, vae, build_diffusion(config.diffusion), text_inputs(config), prompts,
-                     seed=a.seed, steps=a.steps, cfg_scale=a.cfg_scale, batch_size=a.batch_size, progress=True,
-                     mesh=mesh, vae_batch=a.vae_batch, reference=reference, mask=mask)
+    # several processes (a pod, SLURM, launch/local_multiprocess.sh): process r samples prompts r, r + P, ...
+    rank, procs = jax.process_index(), jax.process_count()
+    mine = list(range(rank, len(prompts), procs))
+    clips = np.zeros((0, *size, 3), np.uint8)
+    if mine:
+        clips = generate(model, config, vae, build_diffusion(config.diffusion), text_inputs(config),
+                         [prompts[i] for i in mine], seed=a.seed, steps=a.steps, cfg_scale=a.cfg_scale,
+                         batch_size=a.batch_size, progress=True, mesh=mesh, vae_batch=a.vae_batch,
+                         reference=None if reference is None else reference[mine],
+                         mask=None if mask is None else mask[mine], indices=mine)
     source = f"checkpoint {step}" if a.checkpoint else f"checkpoint step {step}"
     what = f"{size[0]}x{size[1]}x{size[2]}, {source}, {len(jax.local_devices())} device(s)"
+    if procs > 1:
+        what += f" × {procs} processes"
+    if procs > 1 and out.suffix != ".mp4":
+        print(f"process {rank} of {procs}: sampled prompts {mine}", file=sys.stderr)
+        save_samples(out, clips, [prompts[i] for i in mine], fps=fps, gifs=True, indices=mine, grid=False)
+        distributed.barrier("vidjax.sample: clips written")
+        if rank == 0:  # the grid of every prompt, from the clips all processes wrote
+            files = [out / f"{i:03d}_{_slug(p)}.mp4" for i, p in enumerate(prompts)]
+            from vidjax.data.video_io import read_video
+
+            every = np.stack([read_video(f) for f in files])
+            (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
+            save_png(out / "grid.png", frame_grid(every), scale=max(1, 128 // size[1]))
+            print(f"wrote {len(prompts)} clips (mp4, gif, png) to {out}/ and {out / 'grid.png'} ({what})")
+        return 0
+    if rank > 0:
+        return 0
     if out.suffix == ".mp4":
         out.parent.mkdir(parents=True, exist_ok=True)
         write_video(out, clips[0], fps=fps)
