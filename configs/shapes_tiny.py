@@ -132,6 +132,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
         # (python -m vidjax.evaluate --workdir runs/shapes_tiny_v12 --continue_from 1 --split heldout)
         c.name += "_v12"
         c.model.name, c.model.qk_norm = "stdit3", True
+        if c.vae.type == "checkpoint":  # v1.2's VAE normalises its latents (shift / scale); so does this one
+            c.vae.update(path="runs/vae_shapes_stage0_norm", train_config="configs/vae_shapes.py:stage0_norm")
         c.diffusion.mask_ratios = {"image_head": 0.3, "quarter_random": 0.05, "image_tail": 0.05, "random": 0.05}
     if "quick" in variants:  # CI-sized smoke run: same code path, seconds instead of minutes
         c.name = "shapes_quick"

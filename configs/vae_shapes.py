@@ -101,10 +101,13 @@ def get_config(arg: str | None = None) -> ConfigDict:
     elif arg == "adversarial":
         c.name = "vae_shapes_adv"
         c.loss.adversarial_weight, c.loss.adversarial_start = 0.05, 1000
-    elif arg == "stage0":  # stage 0 of configs/shapes_tiny.py: the same model, batch 4 (more steps per minute)
-        c.name = "vae_shapes_stage0"
-        c.train.update(steps=5000, batch_size=4, ckpt_every=1000)
+    elif arg in ("stage0", "stage0_norm"):  # stage 0 of configs/shapes_tiny.py: the same model, batch 4 (more steps
+        c.name = "vae_shapes_stage0"                  # per minute); _norm (shapes_tiny.py:v12) adds the latent
+        c.train.update(steps=5000, batch_size=4, ckpt_every=1000)  # normalisation
         c.eval.every = 1000
+        if arg == "stage0_norm":
+            c.name += "_norm"
+            c.train.latent_norm = True
     elif arg == "stage0_images":  # stage 0 of configs/three_stage_shapes.py: the VAE also serves image buckets
         c.name = "vae_shapes_stage0_images"
         c.train.update(steps=4000, batch_size=4, ckpt_every=1000)
@@ -120,5 +123,5 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.eval.update(clips=4, batch_size=4, every=0, show=2)
     elif arg:
         raise ConfigError(f"unknown variant {arg!r} of configs/vae_shapes.py; expected vq, adversarial, stage0, "
-                          "stage0_images or quick")
+                          "stage0_norm, stage0_images or quick")
     return c
