@@ -670,3 +670,19 @@ def test_mask_strategies_follow_v12s_syntax_by_hand():
             apply_mask_strategy(z, [ref], bad)
     assert append_scores(["a cat", "a dog aesthetic score: 5.0."], aes=6.5, flow=10) == [
         "a cat aesthetic score: 6.5. motion score: 10.0.", "a dog aesthetic score: 5.0. motion score: 10.0."]
+
+
+def test_rflow_v12_is_for_sampling_and_stage1_sample_carries_v12s_defaults():
+    from pathlib import Path
+
+    from vidjax.config import load_config
+    from vidjax.diffusion.rectified_flow import RFlowV12
+    from vidjax.errors import ConfigError
+    from vidjax.training.diffusion import check_config
+
+    c = load_config(str(Path(__file__).resolve().parents[1] / "configs/opensora_v1_2/stage1.py:sample"))
+    d = build_diffusion(c.diffusion)
+    assert isinstance(d, RFlowV12) and d.shift_dtype == "bfloat16" and d.use_timestep_transform
+    assert (c.diffusion.sample_steps, c.diffusion.cfg_scale, c.seed, c.data.fps) == (30, 7.0, 42, 24)  # sample.py
+    with pytest.raises(ConfigError, match="rflow_v12' is v1.2's sampler"):
+        check_config(c)

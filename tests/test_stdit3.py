@@ -630,3 +630,60 @@ def test_stdit3_rejects_stdit_only_options():
     c.model.temporal_pos = "input"
     with pytest.raises(ConfigError, match=r"config.model.temporal_pos='input' is an STDiT \(v1.0\) option"):
         stdit3_kwargs(c)
+
+
+# --------------------------------------------------------------------------------------
+# Sampling a published v1.2 directory the way v1.2 does (vidjax.sample --checkpoint DIR)
+# --------------------------------------------------------------------------------------
+
+def test_sample_cli_on_a_v12_directory_is_v12s_sampler(tmp_path):
+    """``vidjax.sample --checkpoint OpenSora-STDiT-v3/ --config configs/opensora_v1_2/stage1.py:sample`` builds the
+    model from the directory's config.json, loads it strictly, and samples with RFlowV12 at the clip's pixel size
+    (its shift): the clips equal RFlowV12.sample called directly on the same noise."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from _helpers import tiny_t5_dir
+
+    from vidjax.config import load_config
+    from vidjax.diffusion.rectified_flow import RFlowV12
+    from vidjax.interop import save_stdit3_pretrained
+    from vidjax.models.t2v import TextToVideo, text_inputs
+    from vidjax.sample import generate, imported_model
+
+    REPO = Path(__file__).resolve().parents[1]  # noqa: N806
+    t5 = tiny_t5_dir(tmp_path / "t5", ["a red circle moving left", "a blue square"], d_model=20)
+    save_stdit3_pretrained(host_random(stdit3_config(**TINY), seed=3), tmp_path / "OpenSora-STDiT-v3")
+    over = ['vae={"type": "raw"}', "model.dtype=float32", "data.frames=17", "data.height=16", "data.width=24",
+            "diffusion.sample_steps=3"]
+    c = load_config(str(REPO / "configs/opensora_v1_2/stage1.py:sample"), over)
+    c, model, report = imported_model(str(tmp_path / "OpenSora-STDiT-v3"), c, text_dir=str(t5))
+    assert c.model.hidden == 40 and c.text.dim == 20 and "loaded" in report.summary()
+    from vidjax.diffusion import build_diffusion
+    from vidjax.models.vae import build_vae
+
+    vae, diffusion, text = build_vae(c.vae), build_diffusion(c.diffusion), text_inputs(c)
+    prompt = ["a red circle moving left"]
+    got = generate(model, c, vae, diffusion, text, prompt, steps=3, seed=5)
+    noise = jax.random.normal(jax.random.fold_in(jax.random.key(5), 0), (1, 17, 16, 24, 3))
+    cond = {k: jnp.asarray(v) for k, v in text(prompt).items()}
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def direct(state, noise, cond):
+        fn = lambda x, t, cc, drop: nnx.merge(graphdef, jax.tree.map(lambda v: v, state))(x, t, cc, drop)  # noqa
+        return RFlowV12(num_sampling_steps=3, cfg_scale=7.0).sample(
+            fn, noise, cond, jax.random.fold_in(jax.random.key(6), 0), height=16, width=24, num_frames=17)
+
+    want = direct(state, noise, cond)
+    want = np.asarray(jnp.clip((want + 1) * 127.5, 0, 255).round().astype(jnp.uint8))
+    assert np.abs(got.astype(int) - want).max() <= 1
+    assert isinstance(model, TextToVideo)
+    r = subprocess.run([sys.executable, "-m", "vidjax.sample", "--checkpoint", str(tmp_path / "OpenSora-STDiT-v3"),
+                        "--config", "configs/opensora_v1_2/stage1.py:sample", *[f"--config.{o}" for o in over],
+                        "--text", str(t5), "--prompt", prompt[0], "--aes", "6.5", "--out", str(tmp_path / "o.mp4")],
+                       cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "o.mp4").is_file() and "17x16x24, checkpoint OpenSora-STDiT-v3" in r.stdout

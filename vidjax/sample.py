@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ from vidjax import cli
 from vidjax.cli import check_writable
 from vidjax.data.video_io import frame_grid, save_png, write_gif, write_video
 from vidjax.diffusion.conditions import append_scores
+from vidjax.diffusion.rectified_flow import RFlowV12
 from vidjax.errors import ConfigError, InputError, MissingFileError
 
 
@@ -82,9 +84,13 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
         def model_fn(x, t, c, drop):
             return nnx.merge(graphdef, jax.tree.map(lambda v: v, state))(x, t, c, drop)
 
+        z = noise if m is None else jnp.where((m < 1)[:, :, None, None, None], ref, noise)  # references kept
+        if isinstance(diffusion, RFlowV12):  # v1.2's sampler: its shift from the pixel size and frame count
+            v12 = dataclasses.replace(diffusion, num_sampling_steps=steps)
+            return v12.sample(model_fn, z, cond, rng, height=d.height, width=d.width, num_frames=d.frames, mask=m,
+                              cfg_scale=cfg_scale)
         if m is None:
             return diffusion.sample(model_fn, noise, cond, rng, steps=steps, cfg_scale=cfg_scale)
-        z = jnp.where((m < 1)[:, :, None, None, None], ref, noise)  # reference latents where kept or edited
         return diffusion.sample(model_fn, z, cond, rng, steps=steps, cfg_scale=cfg_scale, mask=m)
 
     @jax.jit
@@ -293,6 +299,19 @@ def imported_model(checkpoint: str, config, vae_dir: str | None = None, text_dir
     for what, folder in (("--vae", config.vae.get("from_pretrained")), ("--text", config.text.get("path"))):
         if folder and not Path(folder).exists():
             raise MissingFileError(f"{what} {folder}: not found (a local directory; nothing is downloaded)")
+    if path.is_dir():  # a published v1.2 directory: the architecture is its config.json, not the config's
+        from vidjax.interop.pretrained import stdit3_config_of
+        from vidjax.models.t2v import STDIT3_FIELDS
+
+        cfg = stdit3_config_of(path)
+        with config.unlocked():
+            config.model.name = "stdit3"
+            config.model.size = ""
+            for ours, theirs in STDIT3_FIELDS.items():
+                if ours in ("dtype", "remat", "attention_impl", "sequence_parallel"):
+                    continue  # vidjax's numerics: the config's
+                config.model[ours] = getattr(cfg, theirs)
+            config.text.dim, config.text.max_length = cfg.caption_channels, cfg.model_max_length
     channels = vae_architecture(config.vae).latent_channels
     model = build_model(config, nnx.Rngs(config.seed), latent_channels=channels)
     report = load_pretrained(model.dit, path)
@@ -387,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   per_prompt(a.mask_strategy, prompts, "--mask_strategy"))
     reference, mask = None, None
     if any(strategies) or any(refs):
-        if config.diffusion.get("name") != "rflow":
+        if config.diffusion.get("name") not in ("rflow", "rflow_v12"):
             raise ConfigError(f"--reference / --mask_strategy: condition frames need a rectified-flow model (v1.2); "
                               f"this one is {config.diffusion.get('name')!r}")
         reference, mask = condition_latents(vae, size, refs, strategies, a.align)

@@ -4,6 +4,8 @@ table (batch sizes per GPU, ``data.bucket_batch="per_device"``). Not trained her
 
     python -m vidjax.tools.shardcheck --config configs/opensora_v1_2/stage1.py --mesh fsdp=8 --fast
     python -m vidjax.estimate --config configs/opensora_v1_2/stage1.py
+    python -m vidjax.sample --checkpoint OpenSora-STDiT-v3/ --config configs/opensora_v1_2/stage1.py:sample \
+        --vae OpenSora-VAE-v1.2/ --text t5-v1_1-xxl/ --prompt "..." --reference first.png --mask_strategy 0
 
 v1.2's settings, by its names: bf16, ZeRO (FSDP over every device here), ``grad_checkpoint=True``
 (``model.remat="full"``), ``freeze_y_embedder=True``, AdamW lr 1e-4, ``adam_eps=1e-15``, EMA 0.99, clip 1.0,
@@ -66,4 +68,16 @@ def get_config(arg: str | None = None) -> ConfigDict:
                    adam_eps=1e-15, grad_clip=1.0, ema_decay=0.99, log_every=10, ckpt_every=200,
                    init_from="", init_allow_missing=False)
     c.sample.update(num_prompts=0, eval_every=0, fps=24)
+    if arg == "sample":  # v1.2's inference (sample.py's defaults) through vidjax.sample --checkpoint
+        v = load_config_module(Path(__file__).with_name("sample.py")).get_config()
+        c.name = "opensora_v1_2_sample"
+        c.seed = v.seed
+        c.data.fps = v.fps
+        c.sample.update(fps=v.save_fps, batch_size=v.batch_size)
+        c.diffusion = ConfigDict(dict(name="rflow_v12", sample_steps=v.rflow["num_sampling_steps"],
+                                      cfg_scale=v.rflow["cfg_scale"],
+                                      use_timestep_transform=v.rflow["use_timestep_transform"],
+                                      shift_dtype=v.rflow["shift_dtype"]))
+    elif arg:
+        raise ValueError(f"configs/opensora_v1_2/stage1.py:{arg}: the only variant is 'sample'")
     return c

@@ -15,15 +15,18 @@ picks it from ``config.diffusion.name``:
   ("v" | "x0"), ``x0_min_s``, ``loss_weight`` ("v" | "x0"), ``mask_ratios`` (v1.2's condition frames in training,
   STDiT3 only); 30 Euler steps, optionally with condition frames (``sample(..., mask=)``).
 
+- ``"rflow_v12"``: Open-Sora v1.2's scheduler exactly (``RFlowV12``: the shift from the pixel size and frame count,
+  bf16-rounded by default, ``shift_dtype``); for sampling (``vidjax.sample``), with condition frames.
+
 ``sample_steps`` and ``cfg_scale`` in the same ConfigDict are for the sample code (``build_diffusion`` drops them).
 """
 
 from __future__ import annotations
 
 from vidjax.diffusion.iddpm import IDDPM
-from vidjax.diffusion.rectified_flow import RectifiedFlow
+from vidjax.diffusion.rectified_flow import RectifiedFlow, RFlowV12
 
-DIFFUSIONS = {"iddpm": IDDPM, "rflow": RectifiedFlow}
+DIFFUSIONS = {"iddpm": IDDPM, "rflow": RectifiedFlow, "rflow_v12": RFlowV12}
 
 
 def build_diffusion(cfg):

@@ -58,6 +58,9 @@ def check_config(config) -> None:
                           f"config.model.learn_sigma={m.learn_sigma}: they must agree")
     if m.hidden % m.heads:
         raise ConfigError(f"config.model.hidden={m.hidden} is not divisible by config.model.heads={m.heads}")
+    if dif.name == "rflow_v12":
+        raise ConfigError("config.diffusion.name='rflow_v12' is v1.2's sampler (vidjax.sample); train with 'rflow' "
+                          "(use_timestep_transform=True is v1.2's training shift) and its mask_ratios")
     if dif.get("mask_ratios") and (dif.name != "rflow" or m.get("name", "stdit") != "stdit3"):
         raise ConfigError(f"config.diffusion.mask_ratios (condition frames) needs diffusion.name='rflow' and "
                           f"model.name='stdit3' (its x_mask input), not {dif.name!r} / {m.get('name', 'stdit')!r}")
