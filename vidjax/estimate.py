@@ -354,12 +354,11 @@ def main(argv: list[str] | None = None) -> int:
                           f"{pt}×{ph}×{pw}")
 
     chip = CHIPS[a.chip]
-    e = estimate(*[dims[k] for k in ("depth", "hidden")], *latent,
-                 **{k: v for k, v in dims.items() if k not in ("depth", "hidden")}, heads=heads)
-    parts = flops_breakdown(dims["depth"], dims["hidden"], *latent,
-                            **{k: v for k, v in dims.items() if k not in ("depth", "hidden")})
-    dit = forward_flops(dims["depth"], dims["hidden"], *latent, temporal=False,
-                        **{k: v for k, v in dims.items() if k not in ("depth", "hidden")})[1] * 3
+    depth, hidden = dims["depth"], dims["hidden"]
+    rest = {k: v for k, v in dims.items() if k not in ("depth", "hidden")}  # patch, caption and input sizes
+    e = estimate(depth, hidden, *latent, **rest, heads=heads)
+    parts = flops_breakdown(depth, hidden, *latent, **rest)
+    dit = forward_flops(depth, hidden, *latent, temporal=False, **rest)[1] * 3
     T, S = latent[0] // pt, (latent[1] // ph) * (latent[2] // pw)
 
     print(f"model          {e.params / 1e6:,.1f} M parameters ({name}; STDiT, depth {dims['depth']}, "
@@ -378,10 +377,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ranks = a.chips // sequence  # chips holding different samples
     per_chip = batch / ranks
-    mem = memory_per_chip(e.params, dims["depth"], dims["hidden"], heads, *latent,
-                          **{k: v for k, v in dims.items() if k not in ("depth", "hidden")},
-                          samples_per_chip=per_chip, fsdp=fsdp, sequence=sequence,
-                          compute_bytes=2 if dtype == "bfloat16" else 4, flash=a.flash)
+    mem = memory_per_chip(e.params, depth, hidden, heads, *latent, **rest, samples_per_chip=per_chip, fsdp=fsdp,
+                          sequence=sequence, compute_bytes=2 if dtype == "bfloat16" else 4, flash=a.flash)
     hbm = chip["hbm_gib"] * GiB
     print(f"memory/chip    mesh fsdp {fsdp} × sequence {sequence} × data {a.chips // (fsdp * sequence)}; "
           f"{per_chip:g} sample(s) per chip; {dtype} activations"

@@ -118,9 +118,7 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
                                *extra))[:n]
         for j in range(0, n, vae_batch):
             part = z[j : j + vae_batch]
-            pad = vae_batch - len(part)
-            part = np.concatenate([part, np.repeat(part[-1:], pad, 0)]) if pad else part  # one compiled shape
-            out.append(np.asarray(decode(jnp.asarray(part)))[: vae_batch - pad])
+            out.append(np.asarray(decode(jnp.asarray(_pad_rows(part, vae_batch))))[: len(part)])  # one shape
     return np.concatenate(out)
 
 
