@@ -94,9 +94,9 @@ def test_one_and_eight_devices_give_the_same_clips(workdir):
 
 def test_sizes_the_model_cannot_take_are_one_line_errors(workdir):
     r = call("--workdir", str(workdir), "--prompt", "x", "--height", "30")
-    one_line_error(r, "--height=30 is not divisible by the VAE stride × patch = 1×4", "multiples of 4")
+    one_line_error(r, "8x30x32: frame size 30×32 is not a multiple of 4×4 pixels")
     r = call("--workdir", str(workdir), "--prompt", "x", "--num_frames", "3")
-    one_line_error(r, "--num_frames=3 gives 3 latent frames", "patch's 2")
+    one_line_error(r, "3x32x32: 3 frames give 3 latent frames, not divisible by the temporal patch 2")
     r = call("--workdir", str(workdir), "--prompt", "x", "--sampler", "ddim")
     one_line_error(r, "--sampler='ddim'", "euler")
     r = call("--workdir", str(workdir), "--prompt", "x", "--resolution", "240p", "--height", "32")
@@ -192,7 +192,7 @@ def test_reference_frames_and_mask_strategies(tmp_path):
     from vidjax.diffusion import build_diffusion
     from vidjax.models.t2v import text_inputs
     from vidjax.models.vae import build_vae
-    from vidjax.sample import condition_latents, generate, split_prompt_json
+    from vidjax.sample import condition_latents, generate, generate_loops, reference_latents, split_prompt_json
 
     c = quick(get_config("quick,v12"), tmp_path, **{"train.steps": 2, "train.ckpt_every": 2, "sample.num_prompts": 0,
                                                     "model.patch": (1, 4, 4)})
@@ -207,7 +207,7 @@ def test_reference_frames_and_mask_strategies(tmp_path):
     refs[1] = str(tmp_path / "first.png")  # the image as the last two frames (repeated: the strategy clips to 1)
     config, model, _ = restore_model(tmp_path / "w")
     vae = build_vae(config.vae)
-    ref, mask = condition_latents(vae, (8, 32, 32), refs, strategies)
+    ref, mask = condition_latents(vae, (8, 32, 32), *reference_latents(vae, (8, 32, 32), refs, strategies))
     assert mask.tolist() == [[0] + [1] * 7, [1] * 6 + [0, 1]]
     out = generate(model, config, vae, build_diffusion(config.diffusion), text_inputs(config), prompts,
                    reference=ref, mask=mask, steps=2)
@@ -222,6 +222,24 @@ def test_reference_frames_and_mask_strategies(tmp_path):
     one_line_error(call(*base, "--reference", str(tmp_path / "nope.mp4")), "nope.mp4", "not found")
     one_line_error(call(*base, "--reference", str(tmp_path / "clip.mp4"), "--mask_strategy", "0,x"), "integers")
     one_line_error(call(*base, "--mask_strategy", "0"), "without a --reference")
+
+    # v1.2's loops: loop 1 starts from the last 2 latent frames of loop 0 (raw pixels: exactly) with its own text
+    diffusion, text = build_diffusion(config.diffusion), text_inputs(config)
+    segs = generate_loops(model, config, vae, diffusion, text, ["|0|a red circle moving left|1|a blue square"],
+                          [[]], [""], loops=2, length=2, steps=2)
+    assert [s.shape for s in segs] == [(1, 8, 32, 32, 3)] * 2
+    np.testing.assert_array_equal(segs[1][0, :2], segs[0][0, 6:])
+    np.testing.assert_array_equal(segs[0], generate(model, config, vae, diffusion, text, ["a red circle moving left"],
+                                                    steps=2))  # loop 0 is plain text-to-video of the first text
+    r = call(*base, "--prompt", "|0|a red circle moving left|1|a blue square", "--loop", "3",
+             "--condition_frame_length", "2", "--out", str(tmp_path / "loops"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "3 loops of 8 frames, 2 shared" in r.stdout
+    assert {read_video(f).shape[0] for f in (tmp_path / "loops").glob("*.mp4")} == {8 + 6 + 6}
+    one_line_error(call(*base, "--loop", "2", "--condition_frame_length", "8"), "--condition_frame_length=8",
+                   "8 latent frames")
+    one_line_error(call(*base, "--prompt", "|0|a|x|b", "--loop", "2"), "loop indices")
+    one_line_error(call(*base, "--loop", "0"), "--loop=0")
 
 
 def test_sequence_parallel_sampling_gives_the_same_clips(workdir, tmp_path):

@@ -239,5 +239,5 @@ def test_bucket_table_errors_are_one_line(schedule, tmp_path):
     from vidjax.training.loop import fit
 
     c.progress, c.data.root = False, str(root / "data")
-    with pytest.raises(ConfigError, match=r"bucket 16px/8/0.50: frame size 10×20 is not divisible"):
+    with pytest.raises(ConfigError, match=r"bucket 16px/8/0.50: frame size 10×20 is not a multiple of 4×4 pixels"):
         fit(DiffusionTask(c), c, tmp_path / "c")

@@ -173,13 +173,22 @@ def test_micro_batched_memory_is_bounded():
         assert temps[method, 64] == temps[method, 16]  # ...with the scratch memory of one micro-batch
 
 
-def test_resolution_not_divisible_is_a_clear_error():
-    vae = nnx.eval_shape(lambda: VideoAutoencoderKL(AutoencoderKLConfig(**KL_TINY), rngs=nnx.Rngs(0)))
-    with pytest.raises(ValueError, match="not divisible by 8"):
-        vae.encode(jnp.zeros((1, 2, 36, 32, 3)))
-    with pytest.raises(ValueError, match="not divisible by 8"):
-        vae.latent_shape(4, 32, 44)
-    assert vae.latent_shape(5, 32, 40) == (5, 4, 5)
+@pytest.mark.torch
+def test_sizes_not_divisible_by_8_floor_as_diffusers(diffusers_vae):
+    """Open-Sora v1.2's 240p 9:16 is 240×426: each stride-2 conv rounds down (426 -> 213 -> 106 -> 53), so the
+    latent is H // 8 as v1.2's ``get_latent_size`` says, equal to diffusers, and decodes to 8·(H // 8)."""
+    import torch
+
+    ref, path = diffusers_vae
+    vae = VideoAutoencoderKL.from_pretrained(path, micro_batch_size=4)
+    assert vae.latent_shape(5, 30, 53) == (5, 3, 6)  # 30 -> 15 -> 7 -> 3; 53 -> 26 -> 13 -> 6
+    x = np.random.RandomState(1).uniform(-1, 1, (1, 2, 30, 53, 3)).astype(np.float32)
+    with torch.no_grad():
+        mean = ref.encode(torch.from_numpy(x[0].transpose(0, 3, 1, 2))).latent_dist.mean.numpy()
+    z = jitted(vae, "encode")(jnp.asarray(x))
+    assert z.shape == (1, 2, 3, 6, 4) and mean.shape == (2, 4, 3, 6)
+    assert rel_err(z[0].transpose(0, 3, 1, 2), 0.18215 * mean) <= 1e-4
+    assert jitted(vae, "decode")(z).shape == (1, 2, 24, 48, 3)
 
 
 # --------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from vidjax import cli
 from vidjax.cli import check_writable
 from vidjax.data.video_io import frame_grid, save_png, write_gif, write_video
-from vidjax.diffusion.conditions import append_scores
+from vidjax.diffusion.conditions import append_scores, loop_prompt
 from vidjax.diffusion.rectified_flow import RFlowV12
 from vidjax.errors import ConfigError, InputError, MissingFileError
 
@@ -122,6 +122,34 @@ def generate(model, config, vae, diffusion, tokenizer, prompts: list[str], *, se
     return np.concatenate(out)
 
 
+def generate_loops(model, config, vae, diffusion, tokenizer, prompts: list[str], latents: list[list[np.ndarray]],
+                   strategies: list[str], *, loops: int = 1, length: int = 5, edit: float = 0.0,
+                   align: int | None = None, scores: tuple = (None, None, None), seed: int = 0,
+                   **kw) -> list[np.ndarray]:
+    """Open-Sora v1.2's sampling loop: ``loops`` clips per prompt (uint8 [N, T, H, W, 3] each), loop ``i``
+    conditioned by the strategies' groups for loop ``i`` and, after the first, on the last ``length`` latent frames
+    of loop ``i - 1`` (re-encoded, as v1.2's ``append_generated``) at edit ratio ``edit``. ``latents`` /
+    ``strategies`` (from :func:`reference_latents`) gain one reference per loop. Loop ``i`` draws the noise of seed
+    ``seed + 1000·i``; ``kw`` go to :func:`generate`."""
+    encode = jax.jit(lambda x: vae.encode(x.astype(jnp.float32) / 127.5 - 1.0))
+    latents, strategies = [list(refs) for refs in latents], list(strategies)
+    segments: list[np.ndarray] = []
+    for loop in range(loops):
+        if loop:
+            for j, clip in enumerate(segments[-1]):
+                latents[j].append(np.asarray(encode(jnp.asarray(clip[None])))[0])
+                group = f"{loop},{len(latents[j]) - 1},-{length},0,{length},{edit}"
+                strategies[j] = f"{strategies[j]};{group}" if strategies[j] else group
+        reference, mask = None, None
+        if any(strategies):
+            reference, mask = condition_latents(vae, (config.data.frames, config.data.height, config.data.width),
+                                                latents, strategies, align, loop=loop)
+        texts = append_scores([loop_prompt(p, loop) for p in prompts], *scores)
+        segments.append(generate(model, config, vae, diffusion, tokenizer, texts, seed=seed + 1000 * loop,
+                                 reference=reference, mask=mask, **kw))
+    return segments
+
+
 def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
     """``a`` with its last row repeated up to ``rows`` rows (one compiled batch shape)."""
     return np.concatenate([a, np.repeat(a[-1:], rows - len(a), 0)]) if len(a) < rows else a
@@ -157,7 +185,7 @@ def clip_size(config, vae, *, num_frames: int | None = None, height: int | None 
     and the model's patch cannot take."""
     from vidjax.data.buckets import ASPECT_RATIO_NAMES, ASPECT_RATIOS, custom_tables
 
-    d, patch = config.data, tuple(config.model.patch)
+    d = config.data
     frames, h, w = num_frames or d.frames, d.height, d.width
     if resolution or aspect_ratio:
         if height or width:
@@ -176,15 +204,11 @@ def clip_size(config, vae, *, num_frames: int | None = None, height: int | None 
     h, w = height or h, width or w
     if frames < 1 or h < 1 or w < 1:
         raise ConfigError(f"--num_frames/--height/--width must be positive, got {frames}x{h}x{w}")
-    ft, fh, fw = vae.downsample
-    for flag, n, stride, p in (("--height", h, fh, patch[1]), ("--width", w, fw, patch[2])):
-        if n % (stride * p):
-            raise ConfigError(f"{flag}={n} is not divisible by the VAE stride × patch = {stride}×{p}; allowed: "
-                              f"multiples of {stride * p}")
-    lt = vae.latent_shape(frames, h, w)[0]
-    if lt % patch[0]:
-        raise ConfigError(f"--num_frames={frames} gives {lt} latent frames (VAE stride {ft}), not divisible by the "
-                          f"patch's {patch[0]}; allowed: frame counts giving a multiple of {patch[0]} latent frames")
+    from vidjax.data.bucketed import size_problem
+
+    problem = size_problem(vae, tuple(config.model.patch), frames, h, w, pads=config.model.name == "stdit3")
+    if problem:
+        raise ConfigError(f"--num_frames/--height/--width {frames}x{h}x{w}: {problem}")
     return frames, h, w
 
 
@@ -241,34 +265,63 @@ def split_prompt_json(prompts: list[str], refs: list[str], strategies: list[str]
     return out, refs, strategies
 
 
-def condition_latents(vae, size: tuple[int, int, int], refs: list[str], strategies: list[str],
-                      align: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(reference latents [N, T', h, w, C] with each prompt's frames written where its mask strategy says, mask
-    [N, T']) for :func:`generate`. References are read, resized and center-cropped to the clip size, and encoded."""
+def reference_latents(vae, size: tuple[int, int, int], refs: list[str], strategies: list[str]):
+    """(latents, strategies): each prompt's references (``;``-joined paths) read, resized and centre-cropped to the
+    clip size and encoded (a list of [T', h, w, C] per prompt), and its mask strategy (v1.2: a reference without one
+    conditions on its first latent frame, ``"0"``)."""
     from vidjax.data.video_io import read_video, resize_clip
-    from vidjax.diffusion.conditions import apply_mask_strategy
 
     frames, height, width = size
-    lt, lh, lw = vae.latent_shape(frames, height, width)
     encoded: dict[str, np.ndarray] = {}
-    latents, masks = [], []
+    latents, out = [], []
     for i, (paths, strategy) in enumerate(zip(refs, strategies, strict=True)):
         if paths and not strategy:
-            strategy = "0"  # v1.2: a reference without a strategy conditions on its first latent frame
+            strategy = "0"
         if strategy and not paths:
             raise InputError(f"prompt {i + 1}: --mask_strategy {strategy!r} without a --reference")
-        ref_latents = []
+        mine = []
         for path in [q for q in (paths or "").split(";") if q]:
             if path not in encoded:
                 clip = resize_clip(read_video(path), height, width)  # a missing / unreadable file: one line
                 x = jnp.asarray(clip[None].astype(np.float32) / 127.5 - 1.0)
                 encoded[path] = np.asarray(vae.encode(x))[0]
-            ref_latents.append(encoded[path])
-        z, m = apply_mask_strategy(np.zeros((lt, lh, lw, vae.latent_channels), np.float32), ref_latents, strategy,
-                                   align=align)
-        latents.append(z)
-        masks.append(m)
-    return np.stack(latents), np.stack(masks)
+            mine.append(encoded[path])
+        latents.append(mine)
+        out.append(strategy)
+    return latents, out
+
+
+def condition_latents(vae, size: tuple[int, int, int], latents: list[list[np.ndarray]], strategies: list[str],
+                      align: int | None = None, loop: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(reference latents [N, T', h, w, C] with each prompt's frames written where its mask strategy says for this
+    ``loop``, mask [N, T']) for :func:`generate`, from :func:`reference_latents`."""
+    from vidjax.diffusion.conditions import apply_mask_strategy
+
+    lt, lh, lw = vae.latent_shape(*size)
+    pairs = [apply_mask_strategy(np.zeros((lt, lh, lw, vae.latent_channels), np.float32), refs, strategy, loop=loop,
+                                 align=align) for refs, strategy in zip(latents, strategies, strict=True)]
+    return np.stack([z for z, _ in pairs]), np.stack([m for _, m in pairs])
+
+
+def loop_overlap(vae, size: tuple[int, int, int], length: int) -> int:
+    """Pixel frames a loop after the first drops: those of its first ``length`` latent frames, which repeat the end
+    of the previous loop (v1.2's ``dframe_to_frame``: 5 latent frames of its VAE's 17-frame chunks are 17 frames)."""
+    frames = size[0]
+    lt = vae.latent_shape(*size)[0]
+    if not 1 <= length < lt:
+        raise ConfigError(f"--condition_frame_length={length}: must be at least 1 and below the clip's {lt} latent "
+                          "frames")
+    chunk = getattr(vae, "micro_frame_size", None)
+    if chunk:  # v1.2's VAE encodes chunk-frame pieces into micro_z_frame_size latent frames each
+        zc = vae.micro_z_frame_size
+        if length % zc or frames % chunk:
+            raise ConfigError(f"--loop with this VAE: --condition_frame_length={length} must be a multiple of {zc} "
+                              f"and --num_frames={frames} of {chunk} (its {chunk}-frame chunks)")
+        return length // zc * chunk
+    ft = vae.downsample[0]
+    if frames % ft:
+        raise ConfigError(f"--loop: --num_frames={frames} must be a multiple of the VAE's time stride {ft}")
+    return length * ft
 
 
 def imported_model(checkpoint: str, config, vae_dir: str | None = None, text_dir: str | None = None):
@@ -350,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
                    "several joined by ';' (repeatable: one per prompt, or one for all)")
     p.add_argument("--mask_strategy", action="append", help="v1.2's loop,ref,ref_start,target_start,length,"
                    "edit_ratio groups joined by ';' (repeatable like --reference; '0' = image-to-video)")
+    p.add_argument("--loop", type=int, default=1, help="v1.2's loops: N clips, each after the first continuing "
+                   "the last --condition_frame_length latent frames of the one before ('|0|text|2|text' prompts "
+                   "change the text from a loop on)")
+    p.add_argument("--condition_frame_length", type=int, default=5, help="latent frames shared between loops "
+                   "(v1.2's default 5 = 17 frames of its VAE)")
+    p.add_argument("--condition_frame_edit", type=float, default=0.0, help="their edit ratio (0 keeps them)")
     p.add_argument("--align", type=int, default=None, help="round mask-strategy starts to this many latent frames")
     p.add_argument("--aes", type=float, default=None, help="append v1.2's 'aesthetic score: X.' to each prompt")
     p.add_argument("--flow", type=float, default=None, help="append v1.2's 'motion score: X.' to each prompt")
@@ -402,13 +461,15 @@ def main(argv: list[str] | None = None) -> int:
     fps = a.fps or config.sample.fps
     prompts, refs, strategies = split_prompt_json(prompts, per_prompt(a.reference, prompts, "--reference"),
                                                   per_prompt(a.mask_strategy, prompts, "--mask_strategy"))
-    reference, mask = None, None
-    if any(strategies) or any(refs):
-        if config.diffusion.get("name") not in ("rflow", "rflow_v12"):
-            raise ConfigError(f"--reference / --mask_strategy: condition frames need a rectified-flow model (v1.2); "
-                              f"this one is {config.diffusion.get('name')!r}")
-        reference, mask = condition_latents(vae, size, refs, strategies, a.align)
-    prompts = append_scores(prompts, a.aes, a.flow, a.camera_motion)
+    if a.loop < 1:
+        raise ConfigError(f"--loop={a.loop}: must be at least 1")
+    for text in prompts:  # bad |loop|text| syntax: one line before any compute
+        loop_prompt(text, 0)
+    conditioned = any(strategies) or any(refs) or a.loop > 1
+    if conditioned and config.diffusion.get("name") not in ("rflow", "rflow_v12"):
+        raise ConfigError(f"--reference / --mask_strategy / --loop: condition frames need a rectified-flow model "
+                          f"(v1.2); this one is {config.diffusion.get('name')!r}")
+    overlap = loop_overlap(vae, size, a.condition_frame_length) if a.loop > 1 else 0
     devices = jax.local_devices()
     if a.sequence_parallel < 1 or len(devices) % a.sequence_parallel:
         raise ConfigError(f"--sequence_parallel={a.sequence_parallel}: must divide the {len(devices)} local devices")
@@ -423,13 +484,22 @@ def main(argv: list[str] | None = None) -> int:
     mine = list(range(rank, len(prompts), procs))
     clips = np.zeros((0, *size, 3), np.uint8)
     if mine:
-        clips = generate(model, config, vae, build_diffusion(config.diffusion), text_inputs(config),
-                         [prompts[i] for i in mine], seed=a.seed, steps=a.steps, cfg_scale=a.cfg_scale,
-                         batch_size=a.batch_size, progress=True, mesh=mesh, vae_batch=a.vae_batch,
-                         reference=None if reference is None else reference[mine],
-                         mask=None if mask is None else mask[mine], indices=mine)
+        latents, my_strategies = reference_latents(vae, size, [refs[i] for i in mine], [strategies[i] for i in mine])
+        segments = generate_loops(model, config, vae, build_diffusion(config.diffusion), text_inputs(config),
+                                  [prompts[i] for i in mine], latents, my_strategies, loops=a.loop,
+                                  length=a.condition_frame_length, edit=a.condition_frame_edit, align=a.align,
+                                  scores=(a.aes, a.flow, a.camera_motion), seed=a.seed, steps=a.steps,
+                                  cfg_scale=a.cfg_scale, batch_size=a.batch_size, progress=True, mesh=mesh,
+                                  vae_batch=a.vae_batch, indices=mine)
+        clips = np.concatenate([segments[0], *[c[:, overlap:] for c in segments[1:]]], axis=1)
+    prompts = append_scores(prompts, a.aes, a.flow, a.camera_motion)  # the file names, as before
     source = f"checkpoint {step}" if a.checkpoint else f"checkpoint step {step}"
-    what = f"{size[0]}x{size[1]}x{size[2]}, {source}, {len(jax.local_devices())} device(s)"
+    shown = clips.shape[1:4] if len(clips) else size
+    what = f"{'x'.join(map(str, shown))}, {source}, {len(jax.local_devices())} device(s)"
+    if tuple(shown[1:]) != tuple(size[1:]):  # an SD-VAE decodes 8·(H // 8): v1.2's 240×426 comes out 240×424
+        what += f"; asked {size[1]}x{size[2]}, the VAE decodes {shown[1]}x{shown[2]}"
+    if a.loop > 1:
+        what += f"; {a.loop} loops of {size[0]} frames, {overlap} shared"
     if procs > 1:
         what += f" × {procs} processes"
     if procs > 1 and out.suffix != ".mp4":

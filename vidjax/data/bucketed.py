@@ -56,18 +56,32 @@ def bucket_config_of(config, data_shards: int = 1) -> BucketConfig:
     return table
 
 
-def check_bucket_sizes(table: BucketConfig, vae, patch: Sequence[int]) -> None:
-    """One-line error for a bucket whose frame size the VAE (``downsample``, ``latent_shape``) and the patch cannot
-    divide."""
-    for key, (t, h, w) in table.shapes():
-        sh, sw = vae.downsample[1] * patch[1], vae.downsample[2] * patch[2]
-        if h % sh or w % sw:
-            raise ConfigError(f"bucket {'/'.join(map(str, key))}: frame size {h}×{w} is not divisible by the VAE "
-                              f"stride × patch = {sh}×{sw}; change config.data.resolutions")
+def size_problem(vae, patch: Sequence[int], t: int, h: int, w: int, pads: bool = False) -> str | None:
+    """Why the VAE (``latent_shape``, ``downsample``) and the model's patch cannot take a t×h×w clip, else None.
+
+    ``pads``: the model zero-pads latents to a multiple of its patch and crops its output back (STDiT3, as
+    Open-Sora v1.2 does for 240×426: latent 30×53, 27 patches wide), so only the VAE must take the size.
+    """
+    try:
         lt = vae.latent_shape(t, h, w)[0]
-        if lt % patch[0]:
-            raise ConfigError(f"bucket {'/'.join(map(str, key))}: {t} frames give {lt} latent frames, not divisible "
-                              f"by the temporal patch {patch[0]}")
+    except ValueError as e:  # the VAE's own reason (e.g. a causal VAE's spatial factor)
+        return str(e)
+    if pads:
+        return None
+    sh, sw = vae.downsample[1] * patch[1], vae.downsample[2] * patch[2]
+    if h % sh or w % sw:
+        return f"frame size {h}×{w} is not a multiple of {sh}×{sw} pixels (the VAE's stride × the model's patch)"
+    if lt % patch[0]:
+        return f"{t} frames give {lt} latent frames, not divisible by the temporal patch {patch[0]}"
+    return None
+
+
+def check_bucket_sizes(table: BucketConfig, vae, patch: Sequence[int], pads: bool = False) -> None:
+    """One-line error naming a bucket whose clip size :func:`size_problem` rejects."""
+    for key, (t, h, w) in table.shapes():
+        problem = size_problem(vae, patch, t, h, w, pads)
+        if problem:
+            raise ConfigError(f"bucket {'/'.join(map(str, key))}: {problem}; change config.data.resolutions")
 
 
 class BucketedBatches:
@@ -191,5 +205,5 @@ def latent_loader(records: Sequence[Record], latents: Sequence[np.ndarray | None
     return load
 
 
-__all__ = ["BucketedBatches", "bucket_config_of", "check_bucket_sizes", "clip_loader",
+__all__ = ["BucketedBatches", "bucket_config_of", "check_bucket_sizes", "size_problem", "clip_loader",
            "encode_buckets", "latent_loader"]

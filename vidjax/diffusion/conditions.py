@@ -14,6 +14,10 @@ A **mask strategy** is a string of ``;``-separated groups ``loop,ref,ref_start,t
 clip's last latent frame; ``"0,0,0,-1,1"`` puts an image at the end. All positions are latent frames, as in v1.2
 (its 51-frame clips have 15). ``align`` rounds both starts to a multiple, as v1.2's ``align`` option.
 The sampler (``RectifiedFlow.sample(..., mask=)``) holds or regenerates the frames by the resulting mask.
+
+**Loops** (v1.2's ``loop``): a long video as several clips, each after the first conditioned on the last latent
+frames of the one before (``loop_i,k,-L,0,L,edit`` appended to the strategy). A prompt can change between loops:
+``"|0|a red circle|2|a blue circle"`` is the first text for loops 0-1 and the second from loop 2 on.
 """
 
 from __future__ import annotations
@@ -85,6 +89,25 @@ def apply_mask_strategy(z: np.ndarray, refs: list[np.ndarray], strategy: str | N
         z[target_start:target_start + n] = ref[ref_start:ref_start + n]
         mask[target_start:target_start + n] = ratio
     return z, mask
+
+
+def loop_prompt(prompt: str, loop: int) -> str:
+    """The text of ``loop`` in v1.2's ``"|0|text|k|text…"`` syntax (``extract_prompts_loop``); other prompts as
+    they are."""
+    if not prompt.startswith("|0|"):
+        return prompt
+    parts = prompt.split("|")[1:]
+    if len(parts) % 2:
+        raise InputError(f"prompt {prompt!r}: loop prompts alternate |loop|text|loop|text…")
+    try:
+        starts = [int(n) for n in parts[0::2]]
+    except ValueError:
+        raise InputError(f"prompt {prompt!r}: the numbers between '|' must be loop indices, e.g. |0|a cat|2|a dog"
+                         ) from None
+    if starts != sorted(set(starts)):
+        raise InputError(f"prompt {prompt!r}: loop indices must increase, got {starts}")
+    texts = [t.strip() for t in parts[1::2]]
+    return texts[max(i for i, start in enumerate(starts) if start <= loop)]
 
 
 def append_scores(prompts: list[str], aes: float | None = None, flow: float | None = None,

@@ -238,7 +238,7 @@ class DiffusionTask:
 
         config, workdir, primary, d = self.config, run.workdir, run.primary, self.config.data
         table = bucket_config_of(config, shd.batch_shards(run.mesh))
-        check_bucket_sizes(table, vae, tuple(config.model.patch))
+        check_bucket_sizes(table, vae, tuple(config.model.patch), pads=config.model.name == "stdit3")
         for _, size in table.shapes():
             check_parallel(config, run.mesh, vae, size)
         if not primary:

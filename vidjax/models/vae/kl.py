@@ -387,20 +387,14 @@ class VideoAutoencoderKL(nnx.Module):
         return cls(None, micro_batch_size=micro_batch_size, module=load_diffusers_vae(path, dtype=dtype, **overrides))
 
     def latent_shape(self, T: int, H: int, W: int) -> tuple[int, int, int]:
-        self._check_resolution(H, W)
+        """Each stride-2 conv (padded right/bottom by one) halves a size rounding down, so any size encodes to
+        ``H // f`` (Open-Sora v1.2's ``get_latent_size``; 240×426 -> 30×53) and decodes to ``f·(H // f)``."""
         f = self.cfg.downsample_factor
         return T, H // f, W // f
 
-    def _check_resolution(self, H: int, W: int) -> None:
-        f = self.cfg.downsample_factor
-        if H % f or W % f:
-            raise ValueError(f"video resolution {H}×{W} is not divisible by {f}, the VAE's spatial "
-                             f"downsampling factor; resize or crop to a multiple of {f}")
-
     def encode_moments(self, x: Array) -> tuple[Array, Array]:
         """x: [B, T, H, W, C] -> unscaled (mean, logvar) each [B, T, h, w, L], for KL training."""
-        B, T, H, W, _ = x.shape
-        self._check_resolution(H, W)
+        B = x.shape[0]
         frames = rearrange(x, "b t h w c -> (b t) h w c")
         moments = map_chunks(lambda c, _: jnp.concatenate(self.module.encode_moments(c), -1), frames,
                              self.micro_batch_size)
@@ -408,8 +402,7 @@ class VideoAutoencoderKL(nnx.Module):
         return mean, logvar
 
     def encode(self, x: Array, *, sample: bool = False, rng: Array | None = None) -> Array:
-        B, T, H, W, _ = x.shape
-        self._check_resolution(H, W)
+        B = x.shape[0]
         if sample and rng is None:
             raise ValueError("encode(sample=True) needs rng")
         shift = self.cfg.shift_factor or 0.0
