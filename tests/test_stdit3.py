@@ -689,3 +689,42 @@ def test_sample_cli_on_a_v12_directory_is_v12s_sampler(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     # a size the patch does not divide (v1.2's 240×426 gives 53 latent columns): zero-padded, cropped back
     assert (tmp_path / "o.mp4").is_file() and "17x15x21, checkpoint OpenSora-STDiT-v3" in r.stdout
+
+
+def test_sample_cli_with_v12_vae_directory_at_a_size_neither_divides(tmp_path):
+    """The three published directories through ``vidjax.sample`` (a tiny STDiT3, a tiny ``OpenSora-VAE-v1.2`` and a
+    tiny T5) at a size like v1.2's 240×426: the spatial VAE floors 15×21 to a 7×10 latent (v1.2's
+    ``get_latent_size``), STDiT3 pads it to its 2×2 patch and crops back, and the clip decodes at 14×20."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from _helpers import tiny_t5_dir
+
+    from vidjax.interop import save_stdit3_pretrained, save_vae_pretrained
+    from vidjax.models.vae.kl import AutoencoderKLConfig
+    from vidjax.models.vae.temporal import OpenSoraVAE, TemporalVAEConfig
+
+    REPO = Path(__file__).resolve().parents[1]  # noqa: N806
+    spatial = dict(block_out_channels=(16, 32), norm_num_groups=8, layers_per_block=1)
+    temporal = dict(filters=16, num_res_blocks=1, channel_multipliers=(1, 2, 2), temporal_downsample=(True, True),
+                    spatial_downsample=(False, False), num_groups=8)
+    vae = OpenSoraVAE(AutoencoderKLConfig(**spatial), TemporalVAEConfig(**temporal), rngs=nnx.Rngs(0))
+    save_vae_pretrained(vae, tmp_path / "OpenSora-VAE-v1.2")
+    model = host_random(stdit3_config(**{**TINY, "in_channels": 4}), seed=3)  # the VAE's 4 latent channels
+    save_stdit3_pretrained(model, tmp_path / "OpenSora-STDiT-v3")
+    t5 = tiny_t5_dir(tmp_path / "t5", ["a red circle moving left"], d_model=20)
+    vae_entry = dict(type="opensora_vae", micro_frame_size=17, spatial=spatial, temporal=temporal)
+    over = [f"vae={vae_entry!r}", "model.dtype=float32", "diffusion.sample_steps=2"]
+    r = subprocess.run([sys.executable, "-m", "vidjax.sample", "--checkpoint", str(tmp_path / "OpenSora-STDiT-v3"),
+                        "--config", "configs/opensora_v1_2/stage1.py:sample", *[f"--config.{o}" for o in over],
+                        "--vae", str(tmp_path / "OpenSora-VAE-v1.2"), "--text", str(t5), "--prompt",
+                        "a red circle moving left", "--num_frames", "17", "--height", "15", "--width", "21",
+                        "--out", str(tmp_path / "o.mp4")],
+                       cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "17x14x20" in r.stdout and "asked 15x21, the VAE decodes 14x20" in r.stdout, r.stdout
+    from vidjax.data.video_io import read_video
+
+    assert read_video(tmp_path / "o.mp4").shape == (17, 14, 20, 3)

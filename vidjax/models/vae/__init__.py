@@ -14,7 +14,7 @@ Every compressor exposes the same interface (channels-last, videos in [-1, 1]):
 ``raw``            identity (3 channels, no compression)
 ``sd_vae``         per-frame SD ``AutoencoderKL``: ``from_pretrained`` (diffusers folder), ``micro_batch_size``
 ``opensora_vae``   v1.2 pipeline: ``from_pretrained`` (``model.safetensors`` or its folder),
-                   ``micro_batch_size``, ``micro_frame_size``
+                   ``micro_batch_size``, ``micro_frame_size``; ``spatial=`` / ``temporal=`` for other sizes
 ``causal_vae``     the standalone causal 3D KL-VAE (:class:`TemporalVAE`), the trainable one
 ``vq_vae``         VideoGPT-style VQ-VAE
 ``checkpoint``     a VAE trained by ``vidjax.train``: ``path`` (its workdir, whose ``vae_weights/`` holds the
@@ -185,8 +185,11 @@ def build_vae(config: Any) -> VideoVAE:
     if kind == "sd_vae" and pretrained:
         model = VideoAutoencoderKL.from_pretrained(pretrained, micro_batch_size=mbs, dtype=dtype or "float32",
                                                    **(model_kw or {}))
-    elif kind == "opensora_vae" and pretrained:
-        model = load_opensora_vae(pretrained, micro_batch_size=mbs, micro_frame_size=mfs, dtype=dtype or "float32")
+    elif kind == "opensora_vae" and pretrained:  # spatial / temporal: sizes other than the published ones
+        spatial, temporal = c.pop("spatial", None), c.pop("temporal", None)
+        model = load_opensora_vae(pretrained, micro_batch_size=mbs, micro_frame_size=mfs, dtype=dtype or "float32",
+                                  spatial=spatial and _dataclass(AutoencoderKLConfig, spatial, SD_VAE),
+                                  temporal=temporal and _dataclass(TemporalVAEConfig, temporal))
     else:
         spatial, temporal = c.pop("spatial", None), c.pop("temporal", None)
 

@@ -498,11 +498,14 @@ def load_opensora_state_dict(model: OpenSoraVAE | TemporalVAE, state_dict: dict[
 
 
 def load_opensora_vae(path: str, *, micro_batch_size: int | None = 4, micro_frame_size: int | None = 17,
-                      dtype: str = "float32") -> OpenSoraVAE:
-    """Build the full v1.2 VAE and load ``model.safetensors`` (a file or the HF folder), or a torch ``.pt``."""
+                      dtype: str = "float32", spatial: AutoencoderKLConfig | None = None,
+                      temporal: TemporalVAEConfig | None = None) -> OpenSoraVAE:
+    """Build the v1.2 VAE (``spatial`` / ``temporal`` default to the published sizes) and load ``model.safetensors``
+    (a file or the HF folder), or a torch ``.pt``."""
     model = nnx.eval_shape(lambda: OpenSoraVAE(  # abstract: every tensor comes from the checkpoint
-        dataclasses.replace(SD_VAE, dtype=dtype), TemporalVAEConfig(dtype=dtype), micro_batch_size=micro_batch_size,
-        micro_frame_size=micro_frame_size, rngs=nnx.Rngs(0)))
+        dataclasses.replace(spatial or SD_VAE, dtype=dtype), dataclasses.replace(temporal or TemporalVAEConfig(),
+                                                                                dtype=dtype),
+        micro_batch_size=micro_batch_size, micro_frame_size=micro_frame_size, rngs=nnx.Rngs(0)))
     if path.endswith((".pt", ".pth")):
         import torch  # only for legacy pickled checkpoints
 
