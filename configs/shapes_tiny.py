@@ -68,7 +68,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
         remat="none",
         attention_impl="xla",
         freeze="",  # "" | not_temporal | text
-        sequence_parallel="auto",  # with mesh.sequence > 1: auto (STDiT: dsp, DiT: ulysses) | dsp | ulysses | ring
+        # with mesh.sequence > 1: auto (STDiT: dsp, DiT: ulysses) | dsp | ulysses | allgather | ring
+        sequence_parallel="auto",
     ))
 
     # devices (docs/parallel.md): sizes within a slice, then across slices (DCN); -1 = the rest.

@@ -243,6 +243,34 @@ def test_stdit_ring_matches_one_device(stdit):
     assert sum(c.count for c in colls if c.kind == "collective-permute" and "ppermute" in c.op_name) > 0
 
 
+DOCUMENTED_DSP_OVER_ALLGATHER_SENT = 0.2521  # docs/parallel.md §6, tiny STDiT on (1, 1, 8): bytes sent per device
+
+
+def test_allgather_matches_one_device_for_dit_and_stdit(stdit, stdit_dsp):
+    """The all-gather scheme (FastSeq: local queries, K/V gathered over the sequence group): DiT over its flat
+    tokens, STDiT in temporal attention only (frames stay whole per chip), both equal one device; its sequence
+    collectives are all-gathers of K and V (and their gradients' reduction), never an all-to-all."""
+    dit = Setup(tiny_config("dit", sequence_parallel="allgather"))
+    compiled = assert_equivalent(dit, dit.single(), [(1, 1, 8), (2, 2, 2)])
+    setup, ref = stdit
+    compiled_st = assert_equivalent(Setup(tiny_config("stdit", sequence_parallel="allgather")), ref,
+                                    [(1, 1, 8), (2, 2, 2)])
+    for c in (compiled[(1, 1, 8)], compiled_st[(1, 1, 8)]):
+        colls = hlo.collectives(c.as_text())
+        assert not [c for c in colls if c.kind == "all-to-all" and "shard_map" in c.op_name]
+        gathers = [c for c in colls if c.kind == "all-gather" and "shard_map" in c.op_name]
+        assert sum(c.count for c in gathers) == 2 * setup.config.model.depth  # K and V, once per block forward
+        B, T, S, C = 8, 8, 64, 64
+        assert all(c.bytes == B * T * S * C * 4 for c in gathers)  # each the whole K (or V) of the clip
+
+    def sent(compiled):
+        return sum(c.wire_bytes * c.count for c in hlo.collectives(compiled.as_text()) if c.moves_data)
+
+    ratio = sent(stdit_dsp[(1, 1, 8)]) / sent(compiled_st[(1, 1, 8)])
+    print(f"STDiT bytes sent per device, DSP / all-gather: {ratio:.4f}")
+    assert ratio == pytest.approx(DOCUMENTED_DSP_OVER_ALLGATHER_SENT, abs=5e-4)
+
+
 # --------------------------------------------------------------------------------------
 # Communication: the planned all-to-alls, nothing gathered, DSP vs Ulysses
 # --------------------------------------------------------------------------------------

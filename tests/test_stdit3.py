@@ -393,11 +393,12 @@ def sharded_train_step(model: STDiT3, mesh, video: tuple[int, int, int], *, lr: 
     return jitted, dict(params=p_sh, opt=o_sh, rest=r_sh, batch=b_sh), (parts, params, rest, tx)
 
 
-@pytest.mark.parametrize("scheme", ["dsp", "ulysses", "ring"])
+@pytest.mark.parametrize("scheme", ["dsp", "ulysses", "allgather", "ring"])
 def test_sharded_forward_on_8_devices_equals_one_device(devices, scheme):
     """Batch on data × fsdp, ZeRO-3 parameters, and each sequence-parallel scheme on sequence = 2 (8 CPU devices):
     DSP switches the split (one all-to-all) into and out of each temporal block, Ulysses exchanges heads for
-    tokens inside every self-attention, ring attention passes K/V blocks around within frames."""
+    tokens inside every self-attention, all-gather gathers temporal K/V over the frames, ring attention passes K/V
+    blocks around within frames."""
     from vidjax.parallel.mesh import make_mesh
     from vidjax.parallel.sharding import place
     from vidjax.training.state import ModelParts
@@ -427,7 +428,7 @@ def test_sharded_forward_on_8_devices_equals_one_device(devices, scheme):
         lowered = jax.jit(fwd).lower(params, rest, *args)
         out = np.asarray(lowered.compile()(params, rest, *args))
     text = lowered.as_text()
-    assert ("collective_permute" in text) if scheme == "ring" else ("all_to_all" in text)
+    assert {"ring": "collective_permute", "allgather": "all_gather"}.get(scheme, "all_to_all") in text
     err = rel_err(out, expected)
     print(f"8-device (data 2 × fsdp 2 × sequence 2, {scheme}) forward vs 1 device: rel err {err:.1e}")
     assert err <= 1e-5

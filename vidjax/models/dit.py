@@ -69,7 +69,7 @@ CONDITIONINGS = ("adaln", "cross-attn", "token-concat")
 class DiTConfig(STDiTConfig):
     """STDiT's fields plus ``conditioning``; the temporal-only options do not apply.
 
-    ``sequence_parallel``: ``auto`` (= ulysses) or ``ring``, over the flat token axis.
+    ``sequence_parallel``: ``auto`` (= ulysses), ``allgather`` or ``ring``, over the flat token axis.
     """
 
     conditioning: str = "cross-attn"  # adaln | cross-attn | token-concat
@@ -83,8 +83,8 @@ class DiTConfig(STDiTConfig):
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"model.conditioning={self.conditioning!r}; expected one of {CONDITIONINGS}")
         if self.sequence_parallel == "dsp":
-            raise ValueError("model.sequence_parallel='dsp' needs factorized attention (STDiT); DiT takes ulysses "
-                             "or ring")
+            raise ValueError("model.sequence_parallel='dsp' needs factorized attention (STDiT); DiT takes ulysses, "
+                             "allgather or ring")
         if self.temporal_rope or self.fps_conditioning or self.freeze_mode == "not_temporal":
             raise ValueError("DiT has no temporal attention: temporal_rope, fps_conditioning and "
                              "freeze='not_temporal' are STDiT options")

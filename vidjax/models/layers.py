@@ -166,7 +166,7 @@ class SelfAttention(nnx.Module):
     ``axis="temporal"`` across frames at each position (no transpose: the kernel reads the layout).
     Optional RMS qk-norm and RoPE along the attended axis (STDiT3 features).
 
-    ``seq_parallel``: ``None``, ``"ulysses"`` or ``"ring"`` (``vidjax.parallel.sequence``), with
+    ``seq_parallel``: ``None``, ``"ulysses"``, ``"allgather"`` or ``"ring"`` (``vidjax.parallel.sequence``), with
     ``layout`` the logical names of q/k/v ``[B, T, S, H, D]`` naming the split token axis; both
     are no-ops without a mesh whose ``sequence`` axis is larger than 1.
     """

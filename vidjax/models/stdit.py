@@ -54,7 +54,7 @@ ACT = ("batch", "frames", None, "act_embed")  # T split: whole frames per chip (
 ACT_TOKENS = ("batch", None, "tokens", "act_embed")  # S split: all frames of a position per chip (ring)
 QKV_FRAMES = ("batch", "frames", None, "heads", None)  # q/k/v [B, T, S, H, D] with T split
 QKV_TOKENS = ("batch", None, "tokens", "heads", None)  # q/k/v with S split
-SEQUENCE_PARALLEL = ("dsp", "ulysses", "ring")
+SEQUENCE_PARALLEL = ("dsp", "ulysses", "allgather", "ring")
 
 # --------------------------------------------------------------------------------------
 # 1. Config and named sizes
@@ -96,7 +96,7 @@ class STDiTConfig:
     remat: str = "none"  # none | full | dots
     attention_impl: str = "xla"
     # how activations are split when the mesh has sequence > 1 (vidjax.parallel.sequence); no-op otherwise
-    sequence_parallel: str = "auto"  # auto (= dsp) | dsp | ulysses | ring
+    sequence_parallel: str = "auto"  # auto (= dsp) | dsp | ulysses | allgather | ring
 
     def __post_init__(self):
         if self.hidden % self.heads:
@@ -108,8 +108,8 @@ class STDiTConfig:
         if self.freeze_mode not in (None, *FREEZE_OPTIONS):
             raise ValueError(f"model.freeze={self.freeze!r}; expected none, not_temporal, text or temporal")
         if self.sequence_parallel not in ("auto", *SEQUENCE_PARALLEL):
-            raise ValueError(f"model.sequence_parallel={self.sequence_parallel!r}; expected auto, dsp, ulysses "
-                             "or ring")
+            raise ValueError(f"model.sequence_parallel={self.sequence_parallel!r}; expected auto, dsp, ulysses, "
+                             "allgather or ring")
 
     @property
     def sp_scheme(self) -> str:
@@ -261,9 +261,10 @@ class STDiTBlock(nnx.Module):
         self.scheme = cfg.sp_scheme
         # sequence parallelism (no-op off-mesh): DSP switches T-split <-> S-split around temporal attention;
         # Ulysses (the structure-unaware baseline) exchanges heads <-> frames inside both attentions;
+        # all-gather keeps whole frames per chip and gathers temporal attention's K/V over the frames;
         # ring keeps S split everywhere and rings K/V in spatial attention (temporal attention is then local).
         spatial_sp, temporal_sp = {"dsp": (None, None), "ulysses": ("ulysses", "ulysses"),
-                                   "ring": ("ring", None)}[self.scheme]
+                                   "allgather": (None, "allgather"), "ring": ("ring", None)}[self.scheme]
         layout = QKV_TOKENS if self.scheme == "ring" else QKV_FRAMES
         self.attn = SelfAttention(C, cfg.heads, rngs, axis="spatial", qk_norm=cfg.qk_norm, seq_parallel=spatial_sp,
                                   layout=layout, **kw)

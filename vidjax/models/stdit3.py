@@ -109,7 +109,7 @@ class STDiT3Config:
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: str = "none"  # none | full | dots
     attention_impl: str = "xla"
-    sequence_parallel: str = "auto"  # auto (= dsp) | dsp | ulysses | ring
+    sequence_parallel: str = "auto"  # auto (= dsp) | dsp | ulysses | allgather | ring
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -130,8 +130,8 @@ class STDiT3Config:
         if self.remat != "none" and self.remat not in REMAT_POLICIES:
             raise ConfigError(f"model.remat={self.remat!r}; expected none, full or dots")
         if self.sequence_parallel not in ("auto", *SEQUENCE_PARALLEL):
-            raise ConfigError(f"model.sequence_parallel={self.sequence_parallel!r}; expected auto, dsp, ulysses "
-                              "or ring")
+            raise ConfigError(f"model.sequence_parallel={self.sequence_parallel!r}; expected auto, dsp, ulysses, "
+                              "allgather or ring")
 
     @property
     def out_channels(self) -> int:
@@ -225,7 +225,7 @@ class STDiT3Block(nnx.Module):
         C, kw = cfg.hidden_size, dict(dtype=cfg.compute_dtype, impl=cfg.attention_impl)
         self.temporal, self.scheme = temporal, cfg.sp_scheme
         spatial_sp, temporal_sp = {"dsp": (None, None), "ulysses": ("ulysses", "ulysses"),
-                                   "ring": ("ring", None)}[self.scheme]
+                                   "allgather": (None, "allgather"), "ring": ("ring", None)}[self.scheme]
         layout = QKV_TOKENS if self.scheme == "ring" else QKV_FRAMES
         self.attn = SelfAttention(C, cfg.num_heads, rngs, axis="temporal" if temporal else "spatial",
                                   qk_norm=cfg.qk_norm, rope=temporal,

@@ -1,4 +1,4 @@
-"""Sequence parallelism for video transformers: DSP, Ulysses and ring attention.
+"""Sequence parallelism for video transformers: DSP, Ulysses, all-gather and ring attention.
 
 Every function here is the identity (or plain attention) when no mesh is active or when the
 logical axis it splits has one shard, so model code calls them unconditionally. The mesh axis
@@ -22,6 +22,12 @@ structure-unaware baseline for STDiT: q, k, v split on a token axis are exchange
 on heads (one ``all_to_all`` of the stacked ``[q|k|v]``), attention runs on whole sequences,
 and one ``all_to_all`` brings the output back. Needs heads divisible by the ``sequence`` size.
 
+**All-gather** (the FastSeq half of the hybrid sequence parallelism in Open-Sora's first release): queries stay
+split on the token axis, keys and values are all-gathered over the sequence group, and each chip attends its own
+queries to the whole sequence; the output stays split. Two all-gathers per attention forward, two reduce-scatters
+(of dK, dV) backward, no all-to-all and no head constraint. For STDiT with whole frames per chip only temporal
+attention needs it.
+
 **Ring** attention, for spatial attention when one frame is too long for a chip: S stays split,
 K/V blocks travel around the ring (``ppermute``) and an online softmax merges them. ``n - 1``
 K/V transfers per call, no all-to-all, no head constraint.
@@ -40,7 +46,7 @@ from vidjax.errors import ConfigError
 from vidjax.parallel.rules import active_mesh, axis_size, mesh_spec
 
 Array = jax.Array
-SCHEMES = ("dsp", "ulysses", "ring")
+SCHEMES = ("dsp", "ulysses", "allgather", "ring")
 
 
 def _seq_axis(logical: str):
@@ -157,6 +163,25 @@ def ulysses(attend: Attend, q: Array, k: Array, v: Array, mask: Array | None = N
     return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=spec, check_vma=False)(*args)
 
 
+def allgather_attention(attend: Attend, q: Array, k: Array, v: Array, mask: Array | None = None, *,
+                        layout: Sequence[str | None]) -> Array:
+    """Attention with q, k, v [B, T, S, H, D] split on the token axis named in ``layout``: K and V all-gathered
+    over the sequence group, local queries against the whole sequence; ``mask`` [B, S_k] taken whole."""
+    mesh, axis, n, seq, spec, batch = _layout(layout)
+    if n == 1:
+        return attend(q, k, v, mask)
+    check_divisible("tokens" if layout[seq] == "tokens" else "latent frames", q.shape[seq], n)
+
+    def local(q, k, v, *mask):
+        k, v = (lax.all_gather(a, axis, axis=seq, tiled=True) for a in (k, v))
+        return attend(q, k, v, mask[0] if mask else None)
+
+    args, specs = (q, k, v), (spec, spec, spec)
+    if mask is not None:
+        args, specs = (*args, mask), (*specs, P(batch, None))
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=spec, check_vma=False)(*args)
+
+
 def _shards(mesh, entry) -> int:
     if entry is None:
         return 1
@@ -228,18 +253,21 @@ def _ring_local(q, k, v, mask, scale, axis, n):
 
 def parallel_attention(scheme: str | None, attend: Attend, q: Array, k: Array, v: Array, mask: Array | None,
                        layout: Sequence[str | None], scale: float | None = None) -> Array:
-    """Dispatch: ``None`` (plain ``attend``), ``"ulysses"`` or ``"ring"`` over the split axis in ``layout``."""
+    """Dispatch: ``None`` (plain ``attend``), ``"ulysses"``, ``"allgather"`` or ``"ring"`` over the split axis in
+    ``layout``."""
     if scheme is None:
         return attend(q, k, v, mask)
     if scheme == "ulysses":
         return ulysses(attend, q, k, v, mask, layout=layout)
+    if scheme == "allgather":
+        return allgather_attention(attend, q, k, v, mask, layout=layout)
     if scheme == "ring":
         return ring_attention(q, k, v, mask, layout=layout, scale=scale)
-    raise ValueError(f"sequence-parallel attention {scheme!r}; expected None, 'ulysses' or 'ring'")
+    raise ValueError(f"sequence-parallel attention {scheme!r}; expected None, 'ulysses', 'allgather' or 'ring'")
 
 
-__all__ = ["SCHEMES", "check_divisible", "parallel_attention", "ring_attention", "sequence_shards", "split_frames",
-           "split_tokens", "ulysses"]
+__all__ = ["SCHEMES", "allgather_attention", "check_divisible", "parallel_attention", "ring_attention",
+           "sequence_shards", "split_frames", "split_tokens", "ulysses"]
 
 
 # --------------------------------------------------------------------------------------
