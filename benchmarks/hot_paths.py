@@ -1,0 +1,149 @@
+"""Speed of the paths around the train step: sampling, the VAE, and compiling a new bucket shape (a script, not a test).
+
+    python benchmarks/hot_paths.py                     # the default shapes model (configs/shapes_tiny.py)
+    python benchmarks/hot_paths.py --workdir runs/shapes_tiny   # a trained run instead of random weights
+
+Measures on this machine, after one warm-up call each (medians of ``--repeats``):
+  * sampling: samples/s for ``configs/shapes_tiny.py`` (rectified flow, 30 Euler steps, guidance batched as one
+    model call per step) and its ``:iddpm`` variant (100 ancestral steps), 48 prompts in one batch;
+  * the VAE: clips/s for encode and decode of 8×32×32 clips, batch 16;
+  * compiling the train step for a new bucket shape (16×64×64 latents of the default VAE), cold and again from
+    JAX's persistent compilation cache in a second process (what a bucketed run pays per new shape).
+Random weights unless ``--workdir``: speed does not depend on the values. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # compile
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def sampling(variant: str, workdir: str | None, prompts: int, repeats: int) -> dict:
+    from flax import nnx
+
+    from vidjax.config import load_config
+    from vidjax.diffusion import build_diffusion
+    from vidjax.models.t2v import build_model, text_inputs
+    from vidjax.models.vae import build_vae
+    from vidjax.sample import generate
+
+    if workdir:
+        from vidjax.checkpoint import restore_model
+
+        config, model, _ = restore_model(workdir)
+    else:
+        config = load_config(f"configs/shapes_tiny.py{':' + variant if variant else ''}")
+        config.vae = dict(type="causal_vae", model=load_config("configs/vae_shapes.py").vae.model.to_dict())
+    vae = build_vae(config.vae)
+    if not workdir:
+        model = build_model(config, nnx.Rngs(0), latent_channels=vae.latent_channels)
+    diffusion, text = build_diffusion(config.diffusion), text_inputs(config)
+    names = [f"a red circle moving left {i}" for i in range(prompts)]
+    seconds = _median_seconds(lambda: generate(model, config, vae, diffusion, text, names, batch_size=prompts),
+                              repeats)
+    steps = config.diffusion.sample_steps
+    return {"what": f"sample {variant or 'rflow'} ({steps} steps, CFG batched)", "samples_per_s": prompts / seconds,
+            "model_steps_per_s": steps / seconds, "seconds": seconds}
+
+
+def vae_speed(repeats: int) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+
+    from vidjax.config import load_config
+    from vidjax.models.vae import build_vae
+
+    vae = build_vae(dict(type="causal_vae", model=load_config("configs/vae_shapes.py").vae.model.to_dict()))
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (16, 8, 32, 32, 3)), jnp.float32)
+    enc = jax.jit(lambda x: vae.encode(x))
+    z = enc(x)
+    dec = jax.jit(lambda z: vae.decode(z, num_frames=8))
+    out = []
+    for name, fn in (("VAE encode 8×32×32", lambda: jax.block_until_ready(enc(x))),
+                     ("VAE decode 8×32×32", lambda: jax.block_until_ready(dec(z)))):
+        s = _median_seconds(fn, repeats)
+        out.append({"what": name, "clips_per_s": 16 / s, "seconds": s})
+    return out
+
+
+COMPILE_CHILD = r"""
+import json, sys, time
+import jax
+from vidjax.config import load_config
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])  # as train.compilation_cache does
+import numpy as np
+from flax import nnx
+from vidjax.diffusion import build_diffusion
+from vidjax.models.t2v import build_model, trainable
+from vidjax.models.vae import build_vae
+from vidjax.parallel import sharding as shd
+from vidjax.parallel.mesh import make_mesh
+from vidjax.training import diffusion as task
+from vidjax.training.loop import jit_train_step
+from vidjax.training.state import ModelParts, make_optimizer
+c = load_config("configs/shapes_tiny.py")
+c.vae = dict(type="causal_vae", model=load_config("configs/vae_shapes.py").vae.model.to_dict())
+vae = build_vae(c.vae)
+model = build_model(c, nnx.Rngs(0), latent_channels=vae.latent_channels)
+mesh, B, L = make_mesh(c), 8, c.text.max_length
+batch = {"latent": np.zeros((B, 4, 8, 8, vae.latent_channels), np.float32),
+         "ids": np.ones((B, L), np.int32), "mask": np.ones((B, L), bool)}
+parts, tx = ModelParts(model, trainable(model)), make_optimizer(c.train)
+state, sh = task.initial_state(parts, tx, mesh)
+step = jit_train_step(task.make_train_step(parts, tx, build_diffusion(c.diffusion), vae, c.train), sh,
+                      {k: v.ndim for k, v in batch.items()}, mesh, 0)
+state = shd.place(state, sh)
+t = time.perf_counter()
+with jax.set_mesh(mesh):
+    jax.block_until_ready(step(state, batch, 0))
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+
+def compile_time() -> list[dict]:
+    out = []
+    with tempfile.TemporaryDirectory() as cache:
+        for label in ("cold", "from the persistent cache"):
+            r = subprocess.run([sys.executable, "-c", COMPILE_CHILD, cache], capture_output=True, text=True,
+                               check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+            s = json.loads(r.stdout.strip().splitlines()[-1])["seconds"]
+            out.append({"what": f"first train step of a new shape (16×64×64 clip), {label}", "seconds": s})
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", default=None, help="a trained shapes run (default: random weights)")
+    p.add_argument("--prompts", type=int, default=48)
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    rows = [sampling("", a.workdir, a.prompts, a.repeats)]
+    if not a.workdir:
+        rows.append(sampling("iddpm", None, a.prompts, a.repeats))
+    rows += vae_speed(a.repeats)
+    rows += compile_time()
+    print("| path | rate | median seconds |\n|---|---|---|")
+    for r in rows:
+        rate = next((f"{v:.2f} {k.replace('_per_s', '')}/s" for k, v in r.items() if k.endswith("_per_s")), "")
+        print(f"| {r['what']} | {rate} | {r['seconds']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""One STDiT train step, vidjax against PyTorch, on the same machine in the same run (a script, not a test).
+
+    python benchmarks/step_vs_torch.py                   # both configs, 3 rounds of 6 timed steps per side
+    python benchmarks/step_vs_torch.py --config mid --rounds 5
+
+The same work on both sides: an STDiT (Open-Sora v1.0 blocks) with learned sigma, IDDPM's loss (eps MSE + the VB
+term on a frozen mean, t ~ U{0..999}), gradient clipping at 1.0 and AdamW, fp32, fresh random latents, captions
+and timesteps every step. The PyTorch side is the STDiT the parity tests hold vidjax to (``tests/test_interop.py``:
+written from Open-Sora v1.0's code, with its xformers caption packing done per sample) and a PyTorch IDDPM loss
+written here from the same formulas; the vidjax side is ``STDiT`` + ``IDDPM.loss`` + optax in one jitted step.
+The sides alternate round by round, so both see the same machine state.
+
+Configs: ``mid``: depth 4, width 256, 4 heads, patch 1×2×2, latent 8×32×32×4 (2,048 tokens), captions 120 × 4096,
+batch 2; ``xl``: one XL/2-width stack (hidden 1152, 16 heads, depth 2) on 4×32×32 latents.
+Prints per config: each side's median (and spread) per step, the ratio vidjax / PyTorch, model TFLOP per step
+(6 · params · tokens + attention), and each side's share of a matmul peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "mid": dict(depth=4, hidden=256, heads=4, latent=(8, 32, 32), batch=2),
+    "xl": dict(depth=2, hidden=1152, heads=16, latent=(4, 32, 32), batch=2),
+}
+CAPTION, L, C_IN, PATCH = 4096, 120, 4, (1, 2, 2)
+
+
+def schedule():
+    """Open-Sora v1.0 / IDDPM linear betas (1000 steps) and the derived float64 tables."""
+    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+    ac = np.cumprod(1 - betas)
+    ac_prev = np.append(1.0, ac[:-1])
+    post_var = betas * (1 - ac_prev) / (1 - ac)
+    return dict(betas=betas, sqrt_ac=np.sqrt(ac), sqrt_1m_ac=np.sqrt(1 - ac), sqrt_recip_ac=np.sqrt(1 / ac),
+                sqrt_recipm1_ac=np.sqrt(1 / ac - 1), post_logvar=np.log(np.append(post_var[1], post_var[1:])),
+                coef1=betas * np.sqrt(ac_prev) / (1 - ac), coef2=(1 - ac_prev) * np.sqrt(1 - betas) / (1 - ac))
+
+
+def make_inputs(rng, cfg):
+    B = cfg["batch"]
+    mask = np.zeros((B, L), bool)
+    for b in range(B):
+        mask[b, : rng.integers(10, L + 1)] = True
+    return dict(x=rng.normal(size=(B, *cfg["latent"], C_IN)).astype(np.float32),
+                y=rng.normal(size=(B, L, CAPTION)).astype(np.float32), mask=mask,
+                t=rng.integers(0, 1000, B), noise=rng.normal(size=(B, *cfg["latent"], C_IN)).astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------
+# PyTorch side
+# --------------------------------------------------------------------------------------
+
+def torch_step_fn(cfg):
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_interop import RefSTDiT  # the reference the parity tests use
+
+    torch.manual_seed(0)
+    model = RefSTDiT(cfg["latent"], cfg["depth"], cfg["hidden"], cfg["heads"], CAPTION, L, 1.0, 1.0,
+                     in_channels=C_IN, patch=PATCH)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, eps=1e-8)
+    s = {k: torch.from_numpy(v) for k, v in schedule().items()}
+
+    def gather(name, t):
+        return s[name][t].float().view(-1, 1, 1, 1, 1)
+
+    def loss_fn(inp):
+        x0 = torch.from_numpy(inp["x"]).permute(0, 4, 1, 2, 3)
+        noise = torch.from_numpy(inp["noise"]).permute(0, 4, 1, 2, 3)
+        t = torch.from_numpy(inp["t"])
+        x_t = gather("sqrt_ac", t) * x0 + gather("sqrt_1m_ac", t) * noise
+        out = model(x_t, t.float(), torch.from_numpy(inp["y"])[:, None], torch.from_numpy(inp["mask"]).long())
+        eps, v = out.chunk(2, dim=1)
+        mse = ((eps - noise) ** 2).mean(dim=(1, 2, 3, 4))
+        # VB term with the mean frozen (IDDPM "learned range" variance)
+        true_mean = gather("coef1", t) * x0 + gather("coef2", t) * x_t
+        true_logvar = gather("post_logvar", t)
+        frac = (v + 1) / 2
+        model_logvar = frac * torch.log(gather("betas", t)) + (1 - frac) * true_logvar
+        pred_x0 = gather("sqrt_recip_ac", t) * x_t - gather("sqrt_recipm1_ac", t) * eps.detach()
+        model_mean = gather("coef1", t) * pred_x0 + gather("coef2", t) * x_t
+        kl = 0.5 * (-1.0 + model_logvar - true_logvar + torch.exp(true_logvar - model_logvar)
+                    + (true_mean - model_mean) ** 2 * torch.exp(-model_logvar))
+        kl = kl.mean(dim=(1, 2, 3, 4)) / math.log(2.0)
+        # t = 0: discretized Gaussian decoder NLL
+        centered, inv = x0 - model_mean, torch.exp(-0.5 * model_logvar)
+
+        def cdf(z):
+            return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
+
+        cdf_plus, cdf_min = cdf(inv * (centered + 1 / 255)), cdf(inv * (centered - 1 / 255))
+        log_probs = torch.where(x0 < -0.999, torch.log(cdf_plus.clamp(min=1e-12)),
+                                torch.where(x0 > 0.999, torch.log((1 - cdf_min).clamp(min=1e-12)),
+                                            torch.log((cdf_plus - cdf_min).clamp(min=1e-12))))
+        nll = -log_probs.mean(dim=(1, 2, 3, 4)) / math.log(2.0)
+        return (mse + torch.where(t == 0, nll, kl)).mean()
+
+    def step(inp):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(inp)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return float(loss.detach())
+
+    return step, sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------
+# vidjax side
+# --------------------------------------------------------------------------------------
+
+def jax_step_fn(cfg):
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from vidjax.diffusion.iddpm import IDDPM
+    from vidjax.models.stdit import STDiT, count_params, stdit_config
+
+    model = STDiT(stdit_config(depth=cfg["depth"], hidden=cfg["hidden"], heads=cfg["heads"], patch=PATCH,
+                               in_channels=C_IN, learn_sigma=True, caption_channels=CAPTION, model_max_length=L),
+                  rngs=nnx.Rngs(0))
+    params = count_params(model)
+    graphdef, state = nnx.split(model)
+    diffusion = IDDPM(learn_sigma=True, caption_dropout=0.0)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-4, eps=1e-8, weight_decay=0.0))
+    opt_state = tx.init(state)
+
+    def loss_fn(state, x0, y, mask, t, noise):
+        def model_fn(x, tt, cond, drop):
+            return nnx.merge(graphdef, state)(x, tt, cond["y"], cond["mask"])
+
+        terms = diffusion.loss_terms(model_fn, x0, t, noise, {"y": y, "mask": mask}, jnp.zeros(x0.shape[0], bool))
+        return terms["loss"].mean()
+
+    @jax.jit
+    def step(state, opt_state, x0, y, mask, t, noise):
+        loss, grads = jax.value_and_grad(loss_fn)(state, x0, y, mask, t, noise)
+        updates, opt_state = tx.update(grads, opt_state, state)
+        return optax.apply_updates(state, updates), opt_state, loss
+
+    box = [state, opt_state]
+
+    def run(inp):
+        box[0], box[1], loss = step(box[0], box[1], inp["x"], inp["y"], inp["mask"], inp["t"].astype(np.int32),
+                                    inp["noise"])
+        return float(loss)
+
+    return run, params
+
+
+# --------------------------------------------------------------------------------------
+# Peak, FLOPs, the alternating loop
+# --------------------------------------------------------------------------------------
+
+def matmul_peaks(n: int = 2048, reps: int = 5) -> tuple[float, float]:
+    """(PyTorch, JAX) fp32 GFLOP/s of an n×n matmul, best of ``reps``."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
+    ta, ja = torch.from_numpy(a), jnp.asarray(a)
+    f = jax.jit(lambda x: x @ x)
+    f(ja).block_until_ready()
+    out = []
+    for fn in (lambda: torch.mm(ta, ta), lambda: f(ja).block_until_ready()):
+        fn()
+        best = min(_timed(fn) for _ in range(reps))
+        out.append(2 * n**3 / best / 1e9)
+    return out[0], out[1]
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def model_flops(cfg, params: int) -> float:
+    """Train FLOPs per step: 6 · params · tokens plus the attention products (QKᵀ and PV, ×3 for fwd + bwd)."""
+    T, H, W = (n // p for n, p in zip(cfg["latent"], PATCH, strict=True))
+    S, B, C = H * W, cfg["batch"], cfg["hidden"]
+    tokens = B * T * S
+    attn = 12 * B * C * (T * S * S + S * T * T + T * S * L) * cfg["depth"]
+    return 6 * params * tokens + attn
+
+
+def bench(name: str, rounds: int, steps: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    cfg = CONFIGS[name]
+    t_step, t_params = torch_step_fn(cfg)
+    j_step, j_params = jax_step_fn(cfg)
+    rng = np.random.default_rng(1)
+    for fn in (t_step, j_step):  # warm-up (and compile)
+        fn(make_inputs(rng, cfg))
+    times = {"pytorch": [], "vidjax": []}
+    for _ in range(rounds):
+        for side, fn in (("pytorch", t_step), ("vidjax", j_step)):
+            for _ in range(steps):
+                inp = make_inputs(rng, cfg)
+                times[side].append(_timed(lambda fn=fn, inp=inp: fn(inp)))
+    peak_t, peak_j = matmul_peaks()
+    flops = model_flops(cfg, j_params)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return dict(config=name, params=(t_params, j_params), flops=flops, median=med,
+                spread={k: (float(np.min(v)), float(np.max(v))) for k, v in times.items()},
+                ratio=med["vidjax"] / med["pytorch"], peak=(peak_t, peak_j),
+                share=(flops / med["pytorch"] / 1e9 / peak_t, flops / med["vidjax"] / 1e9 / peak_j))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", choices=sorted(CONFIGS), action="append")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=6, help="timed steps per side per round")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    a = p.parse_args()
+    import os
+
+    threads = a.threads or os.cpu_count() or 1
+    print("| config | params (torch / vidjax) | TFLOP/step | PyTorch s/step (min–max) | vidjax s/step (min–max) | "
+          "vidjax / PyTorch | share of matmul peak (PyTorch / vidjax) |\n|---|---|---|---|---|---|---|")
+    for name in a.config or ["mid", "xl"]:
+        r = bench(name, a.rounds, a.steps, threads)
+        (tp, jp), (ts, js) = r["params"], r["share"]
+        print(f"| {name} | {tp:,} / {jp:,} | {r['flops'] / 1e12:.3f} | {r['median']['pytorch']:.3f} "
+              f"({r['spread']['pytorch'][0]:.3f}–{r['spread']['pytorch'][1]:.3f}) | {r['median']['vidjax']:.3f} "
+              f"({r['spread']['vidjax'][0]:.3f}–{r['spread']['vidjax'][1]:.3f}) | **{r['ratio']:.2f}** | "
+              f"{ts:.0%} / {js:.0%} (peaks {r['peak'][0]:.0f} / {r['peak'][1]:.0f} GFLOP/s) |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
