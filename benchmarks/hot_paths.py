@@ -8,7 +8,9 @@ Measures on this machine, after one warm-up call each (medians of ``--repeats``)
     model call per step) and its ``:iddpm`` variant (100 ancestral steps), 48 prompts in one batch;
   * the VAE: clips/s for encode and decode of 8×32×32 clips, batch 16;
   * compiling the train step for a new bucket shape (16×64×64 latents of the default VAE), cold and again from
-    JAX's persistent compilation cache in a second process (what a bucketed run pays per new shape).
+    JAX's persistent compilation cache in a second process (what a bucketed run pays per new shape);
+  * STDiT against the full-attention DiT of the same width at 64 latent frames (64×16×16×4, patch 1×2×2: 4,096
+    tokens; width 256, 4 heads, depth 2, batch 1): forward + backward time, next to the ratio of their FLOPs.
 Random weights unless ``--workdir``: speed does not depend on the values. Prints a markdown table.
 """
 
@@ -128,20 +130,59 @@ def compile_time() -> list[dict]:
     return out
 
 
+def dit_vs_stdit(repeats: int) -> list[dict]:
+    """Forward + backward of an MSE on the output, STDiT (factorised) vs DiT (full attention), same width."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from vidjax.models.dit import DiT, dit_config
+    from vidjax.models.stdit import STDiT, count_params, stdit_config
+
+    T, H, W, C, L = 64, 16, 16, 4, 8
+    kw = dict(depth=2, hidden=256, heads=4, patch=(1, 2, 2), in_channels=C, learn_sigma=False, caption_channels=32,
+              model_max_length=L)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(1, T, H, W, C)), jnp.float32)
+    y, t = jnp.asarray(rng.normal(size=(1, L, 32)), jnp.float32), jnp.full((1,), 500.0)
+    out, times = [], {}
+    N, S = T * (H // 2) * (W // 2), (H // 2) * (W // 2)
+    for name, model in (("STDiT", STDiT(stdit_config(**kw), rngs=nnx.Rngs(0))),
+                        ("DiT", DiT(dit_config(**kw), rngs=nnx.Rngs(0)))):
+        graphdef, state = nnx.split(model)
+        loss = jax.jit(jax.grad(lambda s, g=graphdef: jnp.mean(nnx.merge(g, s)(x, t, y) ** 2)))
+        times[name] = _median_seconds(lambda f=loss, s=state: jax.block_until_ready(f(s)), repeats)
+        attn = 4 * 256 * (T * S * S + S * T * T) if name == "STDiT" else 4 * 256 * N * N  # QKᵀ + PV, forward
+        flops = 3 * (2 * count_params(model) * N + 2 * attn)  # forward + backward; cross-attention is small here
+        out.append({"what": f"{name} forward + backward, 64×16×16 latents (4,096 tokens)", "seconds": times[name],
+                    "tflop": flops / 1e12})
+    out.append({"what": "DiT / STDiT: time ratio (FLOP ratio)", "seconds": times["DiT"] / times["STDiT"],
+                "flop_ratio": out[1]["tflop"] / out[0]["tflop"]})
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default=None, help="a trained shapes run (default: random weights)")
     p.add_argument("--prompts", type=int, default=48)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", choices=["dit_vs_stdit"], default=None, help="run one part")
     a = p.parse_args()
+    if a.only == "dit_vs_stdit":
+        for r in dit_vs_stdit(a.repeats):
+            print(r)
+        return
     rows = [sampling("", a.workdir, a.prompts, a.repeats)]
     if not a.workdir:
         rows.append(sampling("iddpm", None, a.prompts, a.repeats))
     rows += vae_speed(a.repeats)
     rows += compile_time()
-    print("| path | rate | median seconds |\n|---|---|---|")
+    rows += dit_vs_stdit(a.repeats)
+    print("| path | rate | median seconds (or ratio) |\n|---|---|---|")
     for r in rows:
         rate = next((f"{v:.2f} {k.replace('_per_s', '')}/s" for k, v in r.items() if k.endswith("_per_s")), "")
+        rate = f"{r['tflop']:.3f} TFLOP" if "tflop" in r else f"FLOP ratio {r['flop_ratio']:.2f}" \
+            if "flop_ratio" in r else rate
         print(f"| {r['what']} | {rate} | {r['seconds']:.3f} |")
 
 
