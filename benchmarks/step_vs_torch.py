@@ -7,8 +7,10 @@ The same work on both sides: an STDiT (Open-Sora v1.0 blocks) with learned sigma
 term on a frozen mean, t ~ U{0..999}), gradient clipping at 1.0 and AdamW, fp32, fresh random latents, captions
 and timesteps every step. The PyTorch side is the STDiT the parity tests hold vidjax to (``tests/test_interop.py``:
 written from Open-Sora v1.0's code, with its xformers caption packing done per sample) and a PyTorch IDDPM loss
-written here from the same formulas; the vidjax side is ``STDiT`` + ``IDDPM.loss`` + optax in one jitted step.
-The sides alternate round by round, so both see the same machine state.
+written here from the same formulas; the vidjax side is ``STDiT`` + ``IDDPM.loss`` + optax in one jitted step,
+with the blocks unrolled (``model.scan_layers=False``), and once more with them in one ``nnx.scan`` (the
+default of the full-size configs, for compile time) to show what the scan costs. The sides alternate round by
+round, so all see the same machine state.
 
 Configs: ``mid``: depth 4, width 256, 4 heads, patch 1×2×2, latent 8×32×32×4 (2,048 tokens), captions 120 × 4096,
 batch 2; ``xl``: one XL/2-width stack (hidden 1152, 16 heads, depth 2) on 4×32×32 latents.
@@ -120,7 +122,7 @@ def torch_step_fn(cfg):
 # vidjax side
 # --------------------------------------------------------------------------------------
 
-def jax_step_fn(cfg):
+def jax_step_fn(cfg, scan_layers: bool = False):
     import jax
     import jax.numpy as jnp
     import optax
@@ -130,7 +132,8 @@ def jax_step_fn(cfg):
     from vidjax.models.stdit import STDiT, count_params, stdit_config
 
     model = STDiT(stdit_config(depth=cfg["depth"], hidden=cfg["hidden"], heads=cfg["heads"], patch=PATCH,
-                               in_channels=C_IN, learn_sigma=True, caption_channels=CAPTION, model_max_length=L),
+                               in_channels=C_IN, learn_sigma=True, caption_channels=CAPTION, model_max_length=L,
+                               scan_layers=scan_layers),
                   rngs=nnx.Rngs(0))
     params = count_params(model)
     graphdef, state = nnx.split(model)
@@ -153,10 +156,14 @@ def jax_step_fn(cfg):
 
     box = [state, opt_state]
 
+    def args(inp):
+        return box[0], box[1], inp["x"], inp["y"], inp["mask"], inp["t"].astype(np.int32), inp["noise"]
+
     def run(inp):
-        box[0], box[1], loss = step(box[0], box[1], inp["x"], inp["y"], inp["mask"], inp["t"].astype(np.int32),
-                                    inp["noise"])
+        box[0], box[1], loss = step(*args(inp))
         return float(loss)
+
+    run.hlo = lambda inp: step.lower(*args(inp)).compile().as_text()  # for profiles (optimised HLO)
 
     return run, params
 
@@ -205,12 +212,14 @@ def bench(name: str, rounds: int, steps: int, threads: int) -> dict:
     cfg = CONFIGS[name]
     t_step, t_params = torch_step_fn(cfg)
     j_step, j_params = jax_step_fn(cfg)
+    s_step, _ = jax_step_fn(cfg, scan_layers=True)
     rng = np.random.default_rng(1)
-    for fn in (t_step, j_step):  # warm-up (and compile)
+    sides = (("pytorch", t_step), ("vidjax", j_step), ("vidjax_scan", s_step))
+    for _, fn in sides:  # warm-up (and compile)
         fn(make_inputs(rng, cfg))
-    times = {"pytorch": [], "vidjax": []}
+    times = {side: [] for side, _ in sides}
     for _ in range(rounds):
-        for side, fn in (("pytorch", t_step), ("vidjax", j_step)):
+        for side, fn in sides:
             for _ in range(steps):
                 inp = make_inputs(rng, cfg)
                 times[side].append(_timed(lambda fn=fn, inp=inp: fn(inp)))
@@ -219,7 +228,8 @@ def bench(name: str, rounds: int, steps: int, threads: int) -> dict:
     med = {k: float(np.median(v)) for k, v in times.items()}
     return dict(config=name, params=(t_params, j_params), flops=flops, median=med,
                 spread={k: (float(np.min(v)), float(np.max(v))) for k, v in times.items()},
-                ratio=med["vidjax"] / med["pytorch"], peak=(peak_t, peak_j),
+                ratio=med["vidjax"] / med["pytorch"], ratio_scan=med["vidjax_scan"] / med["pytorch"],
+                peak=(peak_t, peak_j),
                 share=(flops / med["pytorch"] / 1e9 / peak_t, flops / med["vidjax"] / 1e9 / peak_j))
 
 
@@ -234,14 +244,16 @@ def main() -> None:
 
     threads = a.threads or os.cpu_count() or 1
     print("| config | params (torch / vidjax) | TFLOP/step | PyTorch s/step (min–max) | vidjax s/step (min–max) | "
-          "vidjax / PyTorch | share of matmul peak (PyTorch / vidjax) |\n|---|---|---|---|---|---|---|")
+          "vidjax / PyTorch | share of matmul peak (PyTorch / vidjax) | vidjax with scan_layers=True: s/step, "
+          "/ PyTorch |\n|---|---|---|---|---|---|---|---|")
     for name in a.config or ["mid", "xl"]:
         r = bench(name, a.rounds, a.steps, threads)
         (tp, jp), (ts, js) = r["params"], r["share"]
         print(f"| {name} | {tp:,} / {jp:,} | {r['flops'] / 1e12:.3f} | {r['median']['pytorch']:.3f} "
               f"({r['spread']['pytorch'][0]:.3f}–{r['spread']['pytorch'][1]:.3f}) | {r['median']['vidjax']:.3f} "
               f"({r['spread']['vidjax'][0]:.3f}–{r['spread']['vidjax'][1]:.3f}) | **{r['ratio']:.2f}** | "
-              f"{ts:.0%} / {js:.0%} (peaks {r['peak'][0]:.0f} / {r['peak'][1]:.0f} GFLOP/s) |", flush=True)
+              f"{ts:.0%} / {js:.0%} (peaks {r['peak'][0]:.0f} / {r['peak'][1]:.0f} GFLOP/s) | "
+              f"{r['median']['vidjax_scan']:.3f}, {r['ratio_scan']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

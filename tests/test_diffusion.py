@@ -14,6 +14,7 @@ from vidjax.diffusion import DIFFUSIONS, build_diffusion
 from vidjax.diffusion.guidance import caption_drop, guided, normal
 from vidjax.diffusion.iddpm import IDDPM, Schedule, space_timesteps
 from vidjax.diffusion.rectified_flow import RectifiedFlow, shift_ratio, timestep_transform
+from vidjax.diffusion.sit import SiT
 
 SHAPE = (2, 3, 4, 4, 4)  # B, T, H, W, C
 
@@ -430,6 +431,8 @@ def test_training_drops_captions_at_configured_rate(name):
     {"name": "iddpm", "sampler": "ddim", "ddim_eta": 0.5, "cfg_channels": 3},
     {"name": "iddpm", "learn_sigma": False},
     {"name": "rflow", "sample_method": "uniform", "transform_hw": [256, 256]},
+    {"name": "sit", "path": "gvp", "prediction": "noise", "sampler": "heun"},
+    {"name": "sit", "path": "vp", "prediction": "score", "loss_weight": "likelihood", "sampler": "sde"},
 ])
 def test_config_switch_trains_and_samples(cfg):
     """Each configured objective: a jitted train step lowers the loss of a tiny linear model; sampling runs."""
@@ -688,3 +691,122 @@ def test_rflow_v12_is_for_sampling_and_stage1_sample_carries_v12s_defaults():
     assert (c.diffusion.sample_steps, c.diffusion.cfg_scale, c.seed, c.data.fps) == (30, 7.0, 42, 24)  # sample.py
     with pytest.raises(ConfigError, match="rflow_v12' is v1.2's sampler"):
         check_config(c)
+
+
+# ---------------------------------------------------------------- SiT's interpolants
+
+
+SIT_PATHS = {  # closed forms of SiT's path.py, τ from noise (0) to data (1): (α, σ)
+    "linear": lambda u: (u, 1 - u),
+    "gvp": lambda u: (np.sin(np.pi * u / 2), np.cos(np.pi * u / 2)),
+    "vp": lambda u: (np.exp(-0.25 * (1 - u) ** 2 * 19.9 - 0.05 * (1 - u)),
+                     np.sqrt(1 - np.exp(-0.5 * (1 - u) ** 2 * 19.9 - 0.1 * (1 - u)))),
+}
+
+
+@pytest.mark.parametrize("path", sorted(SIT_PATHS))
+@pytest.mark.parametrize("prediction", ["velocity", "score", "noise"])
+def test_sit_q_sample_and_targets_match_closed_forms(path, prediction):
+    """x_τ = α·x0 + σ·ε; the velocity target is d x_τ / dτ (checked by finite differences of q_sample, not by the
+    same formula), the score −ε/σ, the noise ε."""
+    d = SiT(path=path, prediction=prediction)
+    x0, eps = _randn(0), _randn(1)
+    tau = jnp.array([0.3, 0.8])
+    a, s = (np.asarray(v, np.float64).reshape(2, 1, 1, 1, 1) for v in SIT_PATHS[path](np.array([0.3, 0.8])))
+    np.testing.assert_allclose(d.q_sample(x0, eps, tau), a * x0 + s * eps, rtol=1e-5, atol=1e-6)
+    target = np.asarray(d.target(x0, eps, tau), np.float64)
+    if prediction == "velocity":
+        h = 1e-3
+        fd = (np.asarray(d.q_sample(x0, eps, tau + h), np.float64) - np.asarray(d.q_sample(x0, eps, tau - h))) / (2 * h)
+        np.testing.assert_allclose(target, fd, rtol=2e-3, atol=2e-3)
+    elif prediction == "score":
+        np.testing.assert_allclose(target, -np.asarray(eps) / s, rtol=1e-5)
+    else:
+        np.testing.assert_array_equal(target, eps)
+
+
+@pytest.mark.parametrize("path", sorted(SIT_PATHS))
+def test_sit_velocity_from_score_and_noise_is_the_exact_velocity(path):
+    """Data N(0, c²): x_τ ~ N(0, α²c² + σ²), the score is −x/(α²c² + σ²), E[ε | x] = σ·x/(α²c² + σ²) and the
+    exact velocity E[α'·x0 + σ'·ε | x] = (α'α·c² + σ'σ)·x/(α²c² + σ²). A score or noise network that outputs the
+    exact value must give that velocity through SiT's drift formulas, and back."""
+    c2 = 0.25
+    x = _randn(0)
+    tau = jnp.full((2, 1, 1, 1, 1), 0.4)
+    d = SiT(path=path)
+    a, da = d.alpha(tau)
+    s, ds = d.sigma(tau)
+    var = a**2 * c2 + s**2
+    exact_v = (da * a * c2 + ds * s) * x / var
+    np.testing.assert_allclose(SiT(path=path, prediction="score").velocity(-x / var, x, tau), exact_v, rtol=1e-5)
+    np.testing.assert_allclose(SiT(path=path, prediction="noise").velocity(s * x / var, x, tau), exact_v, rtol=1e-5)
+    np.testing.assert_allclose(d.score(exact_v, x, tau), -x / var, rtol=1e-4)
+
+
+def test_sit_linear_velocity_euler_is_the_rectified_flow_sampler():
+    """SiT's linear path, velocity target and Euler ODE equal vidjax's rectified-flow sampler (no shift), guided,
+    on a nonlinear model and fixed noise: the same timesteps reach the model and the same steps are taken."""
+    w = jnp.asarray(np.random.RandomState(3).randn(SHAPE[-1], 2 * SHAPE[-1]), jnp.float32) * 0.5
+
+    def fn(x, t, cond, drop):
+        h = jnp.tanh(x @ w) * (1 + t / 1000)[:, None, None, None, None]
+        return h + jnp.where(drop, 0.0, 1.0)[:, None, None, None, None] * cond["y"][:, None, None, None, :]
+
+    cond = {"y": jnp.asarray(np.random.RandomState(4).randn(SHAPE[0], 2 * SHAPE[-1]), jnp.float32)}
+    noise = _randn(5)
+    rf = RectifiedFlow(use_timestep_transform=False).sample(fn, noise, cond, steps=12, cfg_scale=3.0)
+    sit = SiT(path="linear", prediction="velocity", sampler="euler").sample(fn, noise, cond, steps=12, cfg_scale=3.0)
+    np.testing.assert_allclose(np.asarray(sit), np.asarray(rf), atol=1e-6)
+    heun = SiT(path="linear", sampler="heun").sample(fn, noise, cond, steps=12, cfg_scale=3.0)
+    assert np.abs(np.asarray(heun) - np.asarray(rf)).max() > 1e-4  # a different integrator, not the same path
+
+
+def _sit_oracle(d: SiT):
+    """The exact network output of ``d``'s target for data N(MU, S²) (per element)."""
+
+    def fn(x, t, cond, drop):
+        tau = (1 - t / 1000)[:, None, None, None, None]
+        a, da = d.alpha(tau)
+        s, ds = d.sigma(tau)
+        var = a**2 * S**2 + s**2
+        r = x - a * MU  # x_τ − E[x_τ]
+        eps_hat = s * r / var  # E[ε | x]
+        x0_hat = MU + a * S**2 * r / var  # E[x0 | x]
+        out = {"velocity": da * x0_hat + ds * eps_hat, "score": -r / var, "noise": eps_hat}[d.prediction]
+        return jnp.concatenate([out, out], -1)
+
+    return fn
+
+
+@pytest.mark.parametrize("path,prediction,sampler,steps", [
+    ("gvp", "velocity", "heun", 50), ("vp", "noise", "heun", 100), ("linear", "score", "sde", 400),
+    ("gvp", "velocity", "sde", 400),
+])
+def test_sit_samplers_recover_gaussian(path, prediction, sampler, steps):
+    """Each sampler on the exact network output of its target brings N(0, 1) noise to data N(MU, S²)."""
+    d = SiT(path=path, prediction=prediction, sampler=sampler)
+    noise = _std_noise(10_000) if sampler != "sde" else jax.random.normal(jax.random.key(0), (10_000, 1, 1, 1, 1))
+    out = jax.jit(lambda n, r: d.sample(_sit_oracle(d), n, None, r, steps=steps, cfg_scale=1.0))(
+        noise, jax.random.key(1))
+    err_mean, err_var = _rel_err(out)
+    assert err_mean < 0.03 and err_var < 0.05, (err_mean, err_var)
+
+
+@pytest.mark.parametrize("path,prediction", [("vp", "noise"), ("gvp", "score"), ("linear", "velocity")])
+def test_sit_oracle_has_the_least_loss(path, prediction):
+    """The exact conditional expectation scores lower than a perturbed one, for every target (the loss is an MSE to
+    the right quantity, with the right time convention)."""
+    d = SiT(path=path, prediction=prediction, loss_weight="none")
+    x0 = MU + S * jax.random.normal(jax.random.key(0), (4096, 1, 1, 1, 1))
+    oracle = _sit_oracle(d)
+    losses = [float(jax.jit(lambda r, k=k: d.loss(lambda x, t, c, dr: oracle(x, t, c, dr) * k, x0, None, r)[0])(
+        jax.random.key(2))) for k in (1.0, 1.1, 0.9)]
+    assert losses[0] < min(losses[1:]), losses
+
+
+def test_sit_bad_fields_and_condition_frames_are_one_line_errors():
+    for field, value in (("path", "cosine"), ("prediction", "x0"), ("sampler", "dopri5"), ("loss_weight", "snr")):
+        with pytest.raises(ValueError, match=f"diffusion.{field}="):
+            SiT(**{field: value})
+    with pytest.raises(ValueError, match="condition frames"):
+        SiT().sample(lambda x, t, c, d: x, _randn(0), None, steps=2, cfg_scale=1.0, mask=jnp.ones((2, 3)))

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import pytest
 from flax import nnx
 
 from vidjax.estimate import estimate, main
@@ -136,3 +137,27 @@ def test_bad_planner_input_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vidjax.estimate", "--video", "16x256", "--chips", "8"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "--video '16x256'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name,variant,skips", [
+    ("stdit", "", True), ("dit", "", True), ("latte", "interleaved", False), ("latte", "late_temporal", True),
+    ("latte", "factorized_block", False), ("latte", "factorized_heads", False),
+])
+def test_backbone_flops_match_xla_cost_analysis(name, variant, skips):
+    """Every backbone of the comparison (issue 19), unrolled so that XLA counts every block."""
+    from vidjax.estimate import backbone_forward_flops
+    from vidjax.models.dit import DiT, dit_config
+    from vidjax.models.latte import Latte, latte_config
+
+    kw = dict(depth=4, hidden=64, heads=4, patch=(1, 2, 2), in_channels=4, caption_channels=32, model_max_length=8,
+              learn_sigma=False, skips=skips, scan_layers=False)
+    model = {"stdit": lambda: STDiT(stdit_config(**kw), rngs=nnx.Rngs(0)),
+             "dit": lambda: DiT(dit_config(**kw), rngs=nnx.Rngs(0)),
+             "latte": lambda: Latte(latte_config(**kw, variant=variant), rngs=nnx.Rngs(0))}[name]()
+    graphdef, state = nnx.split(model)
+    x, t = jnp.zeros((1, 4, 16, 16, 4)), jnp.ones((1,))
+    y, mask = jnp.zeros((1, 8, 32)), jnp.ones((1, 8), bool)
+    xla = jax.jit(lambda s: nnx.merge(graphdef, s)(x, t, y, mask)).lower(state).compile().cost_analysis()["flops"]
+    _, ours = backbone_forward_flops(name, 4, 64, 4, 16, 16, variant=variant, skips=skips, caption_len=8,
+                                     caption_channels=32, in_channels=4)
+    assert 0.8 < ours / xla < 1.25, (ours, xla)

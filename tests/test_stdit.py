@@ -108,6 +108,29 @@ def test_program_does_not_grow_with_depth():
     assert two.count("\n") == six.count("\n") and "scan[" in two
 
 
+@pytest.mark.parametrize("make,remat", [("stdit", "none"), ("stdit", "dots"), ("dit", "none")])
+def test_unrolled_layers_equal_the_scan(make, remat):
+    """``scan_layers=False`` walks the same stacked parameters block by block: same outputs and gradients, and a
+    program without a scan (which grows with depth)."""
+    def build(scan_layers):
+        cfg = (stdit_config if make == "stdit" else dit_config)(**TINY, remat=remat, scan_layers=scan_layers)
+        return randomize((STDiT if make == "stdit" else DiT)(cfg, rngs=nnx.Rngs(0)), seed=3)
+
+    x, t, y, mask = batch(2)
+    outs, grads = [], []
+    for scan_layers in (True, False):
+        graphdef, state = nnx.split(build(scan_layers))
+        loss = jax.jit(jax.value_and_grad(lambda s, g=graphdef: jnp.sum(jnp.tanh(nnx.merge(g, s)(x, t, y, mask)))))
+        value, g = loss(state)
+        outs.append(float(value))
+        grads.append(np.concatenate([np.ravel(a) for a in jax.tree.leaves(g)]))
+    assert abs(outs[0] - outs[1]) < 1e-5 * abs(outs[0])
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    if make == "stdit" and remat == "none":
+        two, three = abstract_program(depth=2, scan_layers=False), abstract_program(depth=3, scan_layers=False)
+        assert "scan[" not in two and three.count("\n") > two.count("\n")
+
+
 def test_remat_policy_from_config():
     none, full, dots = abstract_program(), abstract_program(remat="full"), abstract_program(remat="dots")
     assert "remat2[" not in none

@@ -152,6 +152,28 @@ def forward_flops(depth: int, hidden: int, frames: int, height: int, width: int,
     return tokens, sum(v for k, v in parts.items() if k != "quadratic"), parts["quadratic"]
 
 
+def backbone_forward_flops(name: str, depth: int, hidden: int, frames: int, height: int, width: int,
+                           patch=(1, 2, 2), *, variant: str = "", skips: bool = False, **dims) -> tuple[int, float]:
+    """(tokens per sample, forward FLOPs per sample) of ``model.name`` ``stdit``, ``dit`` or ``latte`` (with its
+    ``variant``), plus U-ViT's skip projections when ``skips``. Latte's ``interleaved`` / ``late_temporal`` have
+    ``depth`` spatial and ``depth`` temporal blocks, each with its own cross-attention and MLP; ``factorized_heads``
+    has one qkv / projection per block and half the heads on each axis."""
+    parts = flops_breakdown(depth, hidden, frames, height, width, patch, temporal=name != "dit", **dims)
+    pt, ph, pw = patch
+    T, S, C = frames // pt, (height // ph) * (width // pw), hidden
+    N = T * S
+    stacks = 1
+    if name == "latte" and variant in ("interleaved", "late_temporal"):
+        parts["cross"], parts["mlp"] = 2 * parts["cross"], 2 * parts["mlp"]
+        stacks = 2 if variant == "late_temporal" else 1  # late: two stacks, each with its own skips
+    elif name == "latte" and variant == "factorized_heads":
+        parts["spatial"] = depth * (8 * N * C * C + 2 * T * S * S * C)
+        parts["temporal"] = depth * 2 * S * T * T * C
+    if skips:
+        parts["skips"] = stacks * (depth // 2) * 2 * N * (2 * C) * C
+    return N, sum(v for k, v in parts.items() if k != "quadratic")
+
+
 def estimate(depth: int, hidden: int, frames: int, height: int, width: int, patch=(1, 2, 2),
              caption_len: int = 120, caption_channels: int = 4096, in_channels: int = 4, mlp_ratio: float = 4.0,
              temporal: bool = True, heads: int | None = None) -> Estimate:

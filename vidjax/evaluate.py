@@ -163,7 +163,7 @@ def evaluate_continuation(model, config, vae, diffusion, tokenizer, out_dir: Pat
     ``{"continuation": summary, "unconditioned": summary, ...}``: the same prompts sampled without reference frames
     are scored on the same frame range, so the two figures compare directly.
     """
-    from vidjax.sample import generate, save_samples
+    from vidjax.sample import generate, pixel_encoder, save_samples
 
     d = config.data
     n = num_prompts or config.sample.num_prompts
@@ -172,7 +172,7 @@ def evaluate_continuation(model, config, vae, diffusion, tokenizer, out_dir: Pat
     clips = np.stack([c for c, _ in made])
     targets = [(s.shape, s.colour, s.motion) for _, s in made]
     prompts = [shapes.prompt(t) for t in targets]
-    latents = np.asarray(vae.encode(np.asarray(clips, np.float32) / 127.5 - 1.0))
+    latents = pixel_encoder(vae)(clips)
     lt = latents.shape[1]
     if not 1 <= cond_frames < lt:
         raise ConfigError(f"cond_frames={cond_frames}: the {d.frames}-frame clips have {lt} latent frames; "

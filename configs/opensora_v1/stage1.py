@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.model = ConfigDict(dict(
         name="stdit", size="STDiT-XL/2", depth=28, hidden=1152, heads=16, mlp_ratio=4.0, patch=(1, 2, 2),
         learn_sigma=True, space_scale=0.5, time_scale=1.0, qk_norm=False, temporal_rope=False,
-        temporal_pos="block0", dtype="bfloat16", remat="full", attention_impl="xla", freeze="",
+        temporal_pos="block0", dtype="bfloat16", remat="full", scan_layers=True, attention_impl="xla", freeze="",
         sequence_parallel="auto"))
 
     c.mesh.update(data=1, fsdp=-1)  # ZeRO-3 over every device (v1.0: ZeRO-2 over 64 GPUs)

@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
                             micro_frame_size=17, micro_batch_size=4))
     c.model = ConfigDict(dict(
         name="stdit3", size="STDiT3-XL/2", depth=28, hidden=1152, heads=16, mlp_ratio=4.0, patch=(1, 2, 2),
-        learn_sigma=True, qk_norm=True, dtype="bfloat16", remat="full", attention_impl="xla",
+        learn_sigma=True, qk_norm=True, dtype="bfloat16", remat="full", scan_layers=True, attention_impl="xla",
         sequence_parallel="auto", freeze_y_embedder=True))
     c.data.fps = 24
     c.mesh.update(data=1, fsdp=-1)

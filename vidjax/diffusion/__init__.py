@@ -15,6 +15,10 @@ picks it from ``config.diffusion.name``:
   ("v" | "x0"), ``x0_min_s``, ``loss_weight`` ("v" | "x0"), ``mask_ratios`` (v1.2's condition frames in training,
   STDiT3 only); 30 Euler steps, optionally with condition frames (``sample(..., mask=)``).
 
+- ``"sit"``: SiT's interpolants (``vidjax.diffusion.sit``): fields ``path`` ("linear" | "gvp" | "vp"), ``prediction``
+  ("velocity" | "score" | "noise"), ``loss_weight``, ``sampler`` ("euler" | "heun" | "sde"), ``train_eps``,
+  ``sample_eps``, ``caption_dropout``, ``cfg_channels``. linear / velocity / euler is ``rflow`` without its shift.
+
 - ``"rflow_v12"``: Open-Sora v1.2's scheduler exactly (``RFlowV12``: the shift from the pixel size and frame count,
   bf16-rounded by default, ``shift_dtype``); for sampling (``vidjax.sample``), with condition frames.
 
@@ -25,8 +29,9 @@ from __future__ import annotations
 
 from vidjax.diffusion.iddpm import IDDPM
 from vidjax.diffusion.rectified_flow import RectifiedFlow, RFlowV12
+from vidjax.diffusion.sit import SiT
 
-DIFFUSIONS = {"iddpm": IDDPM, "rflow": RectifiedFlow, "rflow_v12": RFlowV12}
+DIFFUSIONS = {"iddpm": IDDPM, "rflow": RectifiedFlow, "rflow_v12": RFlowV12, "sit": SiT}
 
 
 def build_diffusion(cfg):

@@ -48,6 +48,7 @@ from vidjax.models.stdit import (
     FinalLayer,
     STDiTConfig,
     adaln_chunks,
+    long_skips,
     patch_grid,
     scan_blocks,
     sized_config,
@@ -147,6 +148,7 @@ class DiT(nnx.Module):
         self.t_embedder = TimestepEmbedder(C, rngs, dtype=dt)
         self.y_embedder = CaptionEmbedder(cfg.caption_channels, C, cfg.model_max_length, rngs, dtype=dt)
         self.blocks = stack_blocks(lambda r: DiTBlock(cfg, r), cfg.depth, rngs)
+        self.skip_linears = long_skips(C, cfg.depth, rngs, dtype=dt) if cfg.skips else None
         self.final_layer = FinalLayer(C, int(np.prod(cfg.patch)) * cfg.out_channels, rngs, dtype=dt)
 
     def pos_embed(self, frames: int, grid_h: int, grid_w: int) -> np.ndarray:
@@ -179,7 +181,8 @@ class DiT(nnx.Module):
             x = jnp.concatenate([y[:, None], x], axis=2)  # [B, 1, L + N, C]
             key_mask = jnp.concatenate([mask, jnp.ones((B, x.shape[2] - L), bool)], axis=1)
 
-        x = scan_blocks(self.blocks, x, lambda block, x, i: block(x, c, y, mask, key_mask), cfg.depth, cfg.remat)
+        x = scan_blocks(self.blocks, x, lambda block, x, i: block(x, c, y, mask, key_mask), cfg.depth, cfg.remat,
+                        cfg.scan_layers, self.skip_linears)
         if cfg.conditioning == "token-concat":
             x = x[:, :, L:]  # drop the caption tokens
         x = self.final_layer(x, c)  # [B, 1, N, pt·ph·pw·C_out]

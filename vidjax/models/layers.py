@@ -9,6 +9,7 @@ modulation, (4) embeddings, (5) fixed sin/cos tables.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -163,8 +164,10 @@ class SelfAttention(nnx.Module):
     """Multi-head self-attention with a fused ``qkv`` projection (Open-Sora ``Attention``).
 
     x: [B, T, S, C] -> [B, T, S, C]; ``axis="spatial"`` attends within each frame,
-    ``axis="temporal"`` across frames at each position (no transpose: the kernel reads the layout).
-    Optional RMS qk-norm and RoPE along the attended axis (STDiT3 features).
+    ``axis="temporal"`` across frames at each position (no transpose: the kernel reads the layout), and
+    ``axis="factorized"`` (Latte's factorized heads) splits the heads: the first half attend within the frame,
+    the second half over time, and the halves are concatenated before the output projection.
+    Optional RMS qk-norm and RoPE along the attended axis (STDiT3 features; temporal only).
 
     ``seq_parallel``: ``None``, ``"ulysses"``, ``"allgather"`` or ``"ring"`` (``vidjax.parallel.sequence``), with
     ``layout`` the logical names of q/k/v ``[B, T, S, H, D]`` naming the split token axis; both
@@ -204,10 +207,17 @@ class SelfAttention(nnx.Module):
             pos = jnp.arange(x.shape[ax])
             q, k = apply_rope(q, pos, ax), apply_rope(k, pos, ax)
 
-        def attend(q, k, v, mask):
-            return attention(q, k, v, axis=self.axis, mask=mask, impl=self.impl)
+        def attend(q, k, v, mask, axis=self.axis):
+            return attention(q, k, v, axis=axis, mask=mask, impl=self.impl)
 
-        o = parallel_attention(self.seq_parallel, attend, q, k, v, mask, self.layout)
+        if self.axis == "factorized":  # spatial heads stay local (whole frames per chip), temporal heads go parallel
+            h = self.num_heads // 2
+            spatial = attend(q[:, :, :, :h], k[:, :, :, :h], v[:, :, :, :h], mask, axis="spatial")
+            temporal = parallel_attention(self.seq_parallel, functools.partial(attend, axis="temporal"),
+                                          q[:, :, :, h:], k[:, :, :, h:], v[:, :, :, h:], None, self.layout)
+            o = jnp.concatenate([spatial, temporal], axis=3)
+        else:
+            o = parallel_attention(self.seq_parallel, attend, q, k, v, mask, self.layout)
         return self.proj(rearrange(o, "b t s h d -> b t s (h d)"))
 
 

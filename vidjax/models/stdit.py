@@ -94,6 +94,8 @@ class STDiTConfig:
     # numerics and memory
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: str = "none"  # none | full | dots
+    scan_layers: bool = True  # one nnx.scan over the blocks (fast compile) or unrolled (faster step; scan_blocks)
+    skips: bool = False  # U-ViT's long skip connections between shallow and deep blocks (concatenate + linear)
     attention_impl: str = "xla"
     # how activations are split when the mesh has sequence > 1 (vidjax.parallel.sequence); no-op otherwise
     sequence_parallel: str = "auto"  # auto (= dsp) | dsp | ulysses | allgather | ring
@@ -191,21 +193,72 @@ def stack_blocks(make: Callable[[nnx.Rngs], nnx.Module], depth: int, rngs: nnx.R
     return build(rngs)
 
 
-def scan_blocks(blocks: nnx.Module, x: Array, step: Callable, depth: int, remat: str) -> Array:
-    """``x = step(block_i, x, i)`` for i < depth, as one ``nnx.scan`` (optionally ``nnx.remat``-ed).
+def scan_blocks(blocks: nnx.Module | tuple[nnx.Module, ...], x: Array, step: Callable, depth: int, remat: str,
+                scan: bool = True, skips: nnx.Module | None = None) -> Array:
+    """``x = step(block_i, x, i)`` for i < depth over blocks stacked on a leading ``layers`` axis.
 
-    One block is traced and compiled whatever the depth.
+    ``blocks`` may be a tuple of stacks walked together (STDiT3's spatial and temporal blocks); ``step``
+    then gets a tuple. ``scan=True`` runs one ``nnx.scan``: one block is traced and compiled whatever
+    the depth. ``scan=False`` (MaxText's ``scan_layers=False``) unrolls the stack in Python: compile
+    time grows with depth, but the backward pass reads each block's saved activations directly instead
+    of through stacked buffers that a scan zero-fills, writes and slices every step. The numerics are
+    the same. ``remat`` wraps each block (``none`` | ``full`` | ``dots``).
+
+    ``skips``: U-ViT's long skip connections, ``depth // 2`` stacked ``Linear(2C -> C)``. The output of each
+    of the first ``depth // 2`` blocks is kept; block ``depth - 1 - k`` starts from
+    ``skips[k](concat(x, kept_k))`` (a middle block, for odd depth, has none).
     """
+    if remat != "none" and remat not in REMAT_POLICIES:
+        raise ValueError(f"model.remat={remat!r}; expected none, full or dots")
 
-    def body(x, block, i):
-        return step(block, x, i), None
+    def walk(x, part, first: int, count: int, keep: bool = False, lins=None, kept=None):
+        """blocks ``first .. first + count - 1`` (the stack ``part``), optionally with skip inputs."""
 
-    if remat != "none":
-        if remat not in REMAT_POLICIES:
-            raise ValueError(f"model.remat={remat!r}; expected none, full or dots")
-        body = nnx.remat(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
-    x, _ = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(x, blocks, jnp.arange(depth))
-    return x
+        def body(x, block, i, *skip):
+            if skip:
+                lin, s = skip
+                x = lin(jnp.concatenate([x, s], axis=-1))
+            x = step(block, x, i)
+            return x, (x if keep else None)
+
+        if remat != "none":
+            body = nnx.remat(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
+        extra = () if lins is None else (lins, kept)
+        if scan:
+            axes = (nnx.Carry, 0, 0) + (0,) * len(extra)
+            return nnx.scan(body, in_axes=axes, out_axes=(nnx.Carry, 0))(x, part, first + jnp.arange(count), *extra)
+        graphdef, stacked = nnx.split(part)
+        lin_def, lin_stacked = nnx.split(lins) if lins is not None else (None, None)
+        outs = []
+        for k in range(count):
+            block = nnx.merge(graphdef, jax.tree.map(lambda p, k=k: p[k], stacked))
+            skip = () if lins is None else (nnx.merge(lin_def, jax.tree.map(lambda p, k=k: p[k], lin_stacked)),
+                                            kept[k])
+            x, out = body(x, block, jnp.asarray(first + k), *skip)
+            outs.append(out)
+        return x, outs
+
+    if skips is None:
+        return walk(x, blocks, 0, depth)[0]
+    half = depth // 2
+    graphdef, stacked = nnx.split(blocks)
+
+    def part(a: int, b: int):
+        return nnx.merge(graphdef, jax.tree.map(lambda p: p[a:b], stacked))
+
+    x, kept = walk(x, part(0, half), 0, half, keep=True)  # kept: [half, ...] (scan) or a list
+    if depth - 2 * half:
+        x, _ = walk(x, part(half, depth - half), half, depth - 2 * half)
+    return walk(x, part(depth - half, depth), depth - half, half, lins=skips, kept=kept[::-1])[0]
+
+
+def long_skips(hidden: int, depth: int, rngs: nnx.Rngs, *, dtype=None) -> nnx.Module | None:
+    """U-ViT's skip projections for ``depth`` blocks: ``depth // 2`` stacked ``Linear(2C -> C)`` (N(0, 0.02)
+    weights, zero bias, as U-ViT initialises its linears); None below depth 2."""
+    if depth < 2:
+        return None
+    return stack_blocks(lambda r: linear(2 * hidden, hidden, ("mlp", "embed"), r, init=normal02, dtype=dtype),
+                        depth // 2, rngs)
 
 
 def adaln_chunks(mod: Array, n: int) -> tuple[Array, ...]:
@@ -338,6 +391,7 @@ class STDiT(nnx.Module):
             for p in (self.fps_embedder.mlp.fc2.kernel, self.fps_embedder.mlp.fc2.bias):
                 p[...] = jnp.zeros_like(p[...])
         self.blocks = stack_blocks(lambda r: STDiTBlock(cfg, r), cfg.depth, rngs)
+        self.skip_linears = long_skips(C, cfg.depth, rngs, dtype=dt) if cfg.skips else None
         self.final_layer = FinalLayer(C, int(np.prod(cfg.patch)) * cfg.out_channels, rngs, dtype=dt)
 
     # fixed position tables (float64 numpy, MAE convention), recomputed for the input's grid
@@ -385,7 +439,7 @@ class STDiT(nnx.Module):
         def step(block: STDiTBlock, x: Array, i: Array) -> Array:
             return block(x, y, mask, t0, tpe * (i == 0).astype(dt))  # temporal pos-emb in block 0 only
 
-        x = scan_blocks(self.blocks, x, step, cfg.depth, cfg.remat)  # [B, T', S, C]
+        x = scan_blocks(self.blocks, x, step, cfg.depth, cfg.remat, cfg.scan_layers, self.skip_linears)  # [B, T', S, C]
         x = self.final_layer(x, t)  # [B, T', S, pt·ph·pw·C_out], modulated by t, not t0
         return unpatchify(x, cfg.patch, gh)
 
@@ -393,5 +447,5 @@ class STDiT(nnx.Module):
 __all__ = [
     "STDiT", "STDiTBlock", "STDiTConfig", "STDIT_SIZES", "stdit_config", "count_params", "trainable_filter",
     "FinalLayer", "stack_blocks", "ACT", "ACT_TOKENS", "SEQUENCE_PARALLEL",
-    "scan_blocks", "adaln_chunks", "unpatchify", "patch_grid", "Buffer",
+    "scan_blocks", "long_skips", "adaln_chunks", "unpatchify", "patch_grid", "Buffer",
 ]

@@ -62,6 +62,7 @@ from vidjax.models.stdit import (
     SEQUENCE_PARALLEL,
     adaln_chunks,
     count_params,
+    scan_blocks,
     stack_blocks,
     unpatchify,
 )
@@ -108,6 +109,7 @@ class STDiT3Config:
     # vidjax numerics and memory (not in v1.2's config)
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: str = "none"  # none | full | dots
+    scan_layers: bool = True  # one nnx.scan over the blocks, or unrolled (vidjax.models.stdit.scan_blocks)
     attention_impl: str = "xla"
     sequence_parallel: str = "auto"  # auto (= dsp) | dsp | ulysses | allgather | ring
 
@@ -153,7 +155,7 @@ class STDiT3Config:
         return out
 
 
-VIDJAX_FIELDS = ("dtype", "remat", "attention_impl", "sequence_parallel")
+VIDJAX_FIELDS = ("dtype", "remat", "scan_layers", "attention_impl", "sequence_parallel")
 OPENSORA_FIELDS = tuple(f.name for f in dataclasses.fields(STDiT3Config) if f.name not in VIDJAX_FIELDS)
 
 # v1.2 registers these names; both use STDiT3Config's defaults otherwise (pred_sigma, qk_norm, 300 tokens)
@@ -409,14 +411,12 @@ class STDiT3(nnx.Module):
         x = x + jnp.asarray(self.pos_embed(gh, gw, H_pix, W_pix), dt)[None, None]
         x = constrain(x, act)
 
-        def body(x, spatial: STDiT3Block, temporal: STDiT3Block):
-            x = spatial(x, y, mask, tm, tm0, x_mask)
-            return temporal(x, y, mask, tm, tm0, x_mask), None
+        def step(pair: tuple[STDiT3Block, STDiT3Block], x: Array, i: Array) -> Array:
+            spatial, temporal = pair
+            return temporal(spatial(x, y, mask, tm, tm0, x_mask), y, mask, tm, tm0, x_mask)
 
-        if cfg.remat != "none":
-            body = nnx.remat(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        x, _ = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(
-            x, self.spatial_blocks, self.temporal_blocks)
+        x = scan_blocks((self.spatial_blocks, self.temporal_blocks), x, step, cfg.depth, cfg.remat,
+                        cfg.scan_layers)
 
         x = self.final_layer(x, t, x_mask, t0)  # [B, T', S, pt·ph·pw·C_out]
         x = unpatchify(x, cfg.patch_size, gh)

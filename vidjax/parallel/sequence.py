@@ -151,16 +151,12 @@ def ulysses(attend: Attend, q: Array, k: Array, v: Array, mask: Array | None = N
                          f"sequence={n}; use sequence_parallel='ring' or a head count that is a multiple of {n}")
     check_divisible("tokens" if layout[seq] == "tokens" else "latent frames", q.shape[seq], n)
 
-    def local(q, k, v, *mask):
+    def local(q, k, v, mask):
         qkv = lax.all_to_all(jnp.stack([q, k, v]), axis, split_axis=4, concat_axis=seq + 1, tiled=True)
-        o = attend(qkv[0], qkv[1], qkv[2], mask[0] if mask else None)
+        o = attend(qkv[0], qkv[1], qkv[2], mask)
         return lax.all_to_all(o, axis, split_axis=seq, concat_axis=3, tiled=True)
 
-    args, specs = (q, k, v), (spec, spec, spec)
-    if mask is not None:
-        args, specs = (*args, mask), (*specs, P(batch, None))
-    # check_vma=False: the local attention may be a pallas_call, whose outputs carry no varying-axes type
-    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=spec, check_vma=False)(*args)
+    return _per_shard(local, mesh, spec, P(batch, None), q, k, v, mask)
 
 
 def allgather_attention(attend: Attend, q: Array, k: Array, v: Array, mask: Array | None = None, *,
@@ -172,14 +168,26 @@ def allgather_attention(attend: Attend, q: Array, k: Array, v: Array, mask: Arra
         return attend(q, k, v, mask)
     check_divisible("tokens" if layout[seq] == "tokens" else "latent frames", q.shape[seq], n)
 
-    def local(q, k, v, *mask):
+    def local(q, k, v, mask):
         k, v = (lax.all_gather(a, axis, axis=seq, tiled=True) for a in (k, v))
-        return attend(q, k, v, mask[0] if mask else None)
+        return attend(q, k, v, mask)
 
+    return _per_shard(local, mesh, spec, P(batch, None), q, k, v, mask)
+
+
+def _per_shard(local: Callable, mesh, spec: P, mask_spec: P, q: Array, k: Array, v: Array, mask: Array | None,
+               check_vma: bool = False) -> Array:
+    """``local(q, k, v, mask)`` under ``shard_map``: q, k, v and the output in ``spec``, the optional key mask
+    [B, S_k] in ``mask_spec``. ``check_vma=False`` by default: the local attention may be a pallas_call, whose
+    outputs carry no varying-axes type."""
     args, specs = (q, k, v), (spec, spec, spec)
     if mask is not None:
-        args, specs = (*args, mask), (*specs, P(batch, None))
-    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=spec, check_vma=False)(*args)
+        args, specs = (*args, mask), (*specs, mask_spec)
+
+    def run(q, k, v, *mask):
+        return local(q, k, v, mask[0] if mask else None)
+
+    return jax.shard_map(run, mesh=mesh, in_specs=specs, out_specs=spec, check_vma=check_vma)(*args)
 
 
 def _shards(mesh, entry) -> int:
@@ -206,14 +214,11 @@ def ring_attention(q: Array, k: Array, v: Array, mask: Array | None = None, *, l
     if n == 1:
         return _ring_local(q, k, v, mask, scale, None, 1)
     check_divisible("tokens per frame", q.shape[2], n, "use sequence_parallel='dsp' or pad the frame")
-    args, specs = (q, k, v), (spec, spec, spec)
-    if mask is not None:
-        args, specs = (*args, mask), (*specs, P(batch, axis))
 
-    def local(q, k, v, *mask):
-        return _ring_local(q, k, v, mask[0] if mask else None, scale, axis, n)
+    def local(q, k, v, mask):
+        return _ring_local(q, k, v, mask, scale, axis, n)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=spec)(*args)
+    return _per_shard(local, mesh, spec, P(batch, axis), q, k, v, mask, check_vma=True)
 
 
 def _ring_local(q, k, v, mask, scale, axis, n):

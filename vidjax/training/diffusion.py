@@ -365,16 +365,19 @@ class DiffusionTask:
 
     def _tokens_and_flops(self, cfg, latent, channels: int, caption_len: int, caption_channels: int):
         """Tokens per sample and training FLOPs per sample (vidjax.estimate's analytic count, 3× the forward)."""
-        from vidjax.estimate import forward_flops
+        from vidjax.estimate import backbone_forward_flops, forward_flops
 
         name = self.config.model.get("name", "stdit")
         hidden, patch = (cfg.hidden_size, cfg.patch_size) if name == "stdit3" else (cfg.hidden, cfg.patch)
         kw = dict(hidden=hidden, frames=latent[0], height=latent[1], width=latent[2], patch=tuple(patch),
                   caption_len=caption_len, caption_channels=caption_channels, in_channels=channels,
                   mlp_ratio=cfg.mlp_ratio)
-        tokens, fwd, _ = forward_flops(depth=cfg.depth, temporal=name != "dit", **kw)
-        if name == "stdit3":  # v1.2 splits each v1.0 block in two, each with its own cross-attention and MLP:
+        if name != "stdit3":
+            tokens, fwd = backbone_forward_flops(name, cfg.depth, variant=getattr(cfg, "variant", ""),
+                                                 skips=getattr(cfg, "skips", False), **kw)
+        else:  # v1.2 splits each v1.0 block in two, each with its own cross-attention and MLP:
             # add depth × (one DiT block without its self-attention) = depth × (full block - attention part)
+            tokens, fwd, _ = forward_flops(depth=cfg.depth, **kw)
             _, block, quad = forward_flops(depth=1, temporal=False, **kw)
             _, embed, _ = forward_flops(depth=0, temporal=False, **kw)
             n = tokens

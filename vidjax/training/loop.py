@@ -47,7 +47,7 @@ log = logging.getLogger("vidjax.train")
 
 # config.model / config.vae keys that choose how a step is executed, not what the state holds: a resume may
 # change them
-EXECUTION_KEYS = {"attention_impl", "remat", "sequence_parallel", "dtype"}
+EXECUTION_KEYS = {"attention_impl", "remat", "scan_layers", "sequence_parallel", "dtype"}
 
 
 class TrainingDiverged(UserError, FloatingPointError):
