@@ -277,7 +277,7 @@ NEW_BACKBONES = {  # issue 19: Latte's four variants and a U-ViT (all inputs as 
     "latte_late_temporal": dict(name="latte", variant="late_temporal", sequence_parallel="ulysses"),
     "latte_factorized_block": dict(name="latte", variant="factorized_block", skips=True),
     "latte_factorized_heads": dict(name="latte", variant="factorized_heads"),
-    "uvit": dict(name="dit", conditioning="token-concat", skips=True, depth=3),
+    "uvit": dict(name="dit", conditioning="token-concat", skips=True, depth=2),
 }
 
 
