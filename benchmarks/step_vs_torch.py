@@ -2,6 +2,7 @@
 
     python benchmarks/step_vs_torch.py                   # both configs, 3 rounds of 6 timed steps per side
     python benchmarks/step_vs_torch.py --config mid --rounds 5
+    python benchmarks/step_vs_torch.py --profile         # where the vidjax step's time goes, scan vs unrolled
 
 The same work on both sides: an STDiT (Open-Sora v1.0 blocks) with learned sigma, IDDPM's loss (eps MSE + the VB
 term on a frozen mean, t ~ U{0..999}), gradient clipping at 1.0 and AdamW, fp32, fresh random latents, captions
@@ -233,13 +234,52 @@ def bench(name: str, rounds: int, steps: int, threads: int) -> dict:
                 share=(flops / med["pytorch"] / 1e9 / peak_t, flops / med["vidjax"] / 1e9 / peak_j))
 
 
+def profile(name: str, scan_layers: bool, steps: int = 3) -> None:
+    """Per-op time of the vidjax step (``jax.profiler`` trace), summed by XLA op kind, ms per step."""
+    import collections
+    import gzip
+    import json
+    import re
+    import tempfile
+
+    import jax
+
+    cfg = CONFIGS[name]
+    run, _ = jax_step_fn(cfg, scan_layers=scan_layers)
+    rng = np.random.default_rng(2)
+    inputs = [make_inputs(rng, cfg) for _ in range(steps)]
+    run(inputs[0])  # compile
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp):
+            for inp in inputs:
+                run(inp)
+        trace = sorted(Path(tmp).rglob("*.trace.json.gz"))[-1]
+        events = json.load(gzip.open(trace))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    kinds = collections.Counter()
+    for e in events:  # XLA ops only (fusions, dots, copies), not the Python or runtime spans
+        name_ = e.get("name", "")
+        if e.get("ph") == "X" and "dur" in e and not name_.startswith("$") and re.match(r"^[a-z][\w.-]*$", name_):
+            kinds[re.sub(r"\.\d+$", "", name_)] += e["dur"]
+    print(f"\nvidjax {name} step, scan_layers={scan_layers}: XLA op time by kind, ms per step")
+    for kind, us in kinds.most_common(15):
+        print(f"  {us / steps / 1000:8.1f}  {kind}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", choices=sorted(CONFIGS), action="append")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=6, help="timed steps per side per round")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--profile", action="store_true", help="only print the vidjax step's per-op time by kind, with "
+                   "the blocks in one scan and unrolled")
     a = p.parse_args()
+    if a.profile:
+        for name in a.config or ["mid"]:
+            for scan_layers in (True, False):
+                profile(name, scan_layers)
+        return
     import os
 
     threads = a.threads or os.cpu_count() or 1
