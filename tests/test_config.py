@@ -88,3 +88,13 @@ def test_space_separated_override():
     add_config_arguments(p, default=TINY)
     args, c = parse_config_args(p, ["--config.train.steps", "11", "--config.model.hidden=32"])
     assert c.train.steps == 11 and c.model.hidden == 32 and args.config == TINY
+
+
+def test_configs_named_inside_a_config_load_from_any_directory(tmp_path, monkeypatch):
+    # three_stage_shapes.py names its stage-0 VAE config as "configs/vae_shapes.py:stage0_images"; a run started
+    # from another directory must still find it (in the checkout vidjax runs from), and a missing one still fails
+    monkeypatch.chdir(tmp_path)
+    c = load_config(load_config(REPO / "configs/three_stage_shapes.py").vae.train_config)
+    assert c.name == "vae_shapes_stage0_images"
+    with pytest.raises(MissingFileError, match="configs/nope.py: config file not found"):
+        load_config("configs/nope.py")

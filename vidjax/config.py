@@ -29,8 +29,14 @@ from vidjax.errors import ConfigError, MissingFileError
 
 
 def load_config_module(path: str | Path) -> ModuleType:
-    """Import a config file by path; config files use it to extend a sibling (big_vision style)."""
+    """Import a config file by path; config files use it to extend a sibling (big_vision style).
+
+    A relative path is read from the working directory, else from the checkout vidjax runs from, so that
+    ``configs/...`` named inside a config (a stage-0 VAE's ``train_config``) also works from another directory."""
     path = Path(path)
+    checkout = Path(__file__).resolve().parents[1] / path
+    if not path.is_file() and not path.is_absolute() and checkout.is_file():
+        path = checkout
     if not path.is_file():
         raise MissingFileError(f"{path}: config file not found")
     spec = importlib.util.spec_from_file_location(f"vidjax_config_{path.stem}", path)
