@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.stages.stage1 = dict(  # text-to-image at two resolutions; temporal attention frozen at its zero init
         data=dict(bucket_config={"64px": {1: (0.5, 16)}, "32px": {1: (1.0, 32)}}),
         model=dict(freeze="temporal"),
-        train=dict(steps=2500, warmup=100),
+        train=dict(steps=4000, warmup=100),
         sample=dict(buckets=["1x32x32", "1x64x64"]),
     )
     c.stages.stage2 = dict(  # 8-frame video at the low resolution; temporal attention starts again at zero
@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.stages.stage3 = dict(  # mixed buckets: images and clips up to 16 frames, square and 1:2
         data=dict(bucket_config={"64px": {1: (0.5, 16), 16: (0.7, 8)}, "32px": {1: (1.0, 32), 8: (1.0, 16)}}),
         model=dict(freeze=""),
-        train=dict(steps=4000, warmup=50),
+        train=dict(steps=5000, warmup=50),
         sample=dict(buckets=["16x64x64", "16x48x96", "1x64x64"]),
     )
 

@@ -46,7 +46,8 @@ def losses(workdir: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def schedule(tmp_path_factory):
     root = tmp_path_factory.mktemp("three_stage")
-    c = quick_schedule_config(root / "data", **{"stage2.train.steps": 12})  # room to kill stage 2 mid-way
+    c = quick_schedule_config(root / "data", **{"stage2.train.steps": 12,  # room to kill stage 2 mid-way
+                                                 "stage1.sample.eval_every": 2})  # an image-only eval mid-stage
     summary = run(c, root / "run")
     return root, c, summary
 
@@ -88,6 +89,8 @@ def test_buckets_batch_sizes_compiles_and_images_scored_on_colour_and_shape(sche
     # evaluation: images have no motion, videos do
     assert set(s1["eval_buckets"]) == {"1x8x8", "1x16x16"}
     assert all("motion" not in e for e in s1["eval_buckets"].values())
+    curve = [json.loads(ln) for ln in (root / "run" / "stage1" / "eval_curve.jsonl").read_text().splitlines()]
+    assert curve[0]["step"] == 2 and "shape" in curve[0] and "motion" not in curve[0]  # mid-stage, images only
     assert "motion" in s3["eval_buckets"]["8x12x24"] and "motion" not in s3["eval_buckets"]["1x16x16"]
     grid = root / "run" / "stage3" / "samples" / "8x12x24" / "grid.png"
     assert grid.is_file()

@@ -407,8 +407,9 @@ class DiffusionTask:
             mx.plot_curve(curve, run.workdir / "eval_curve.png", ("colour", "shape", "motion", "all"),
                           ylabel="accuracy (%)  (dotted: chance)", chance=CHANCE, percent=True)
             if writer is not None:
-                for k in ("colour", "shape", "motion", "all"):
-                    writer.add_scalar(f"eval/{k}", report["summary"][k], step)
+                for k in ("colour", "shape", "motion", "all"):  # image-only buckets have no motion
+                    if k in report["summary"]:
+                        writer.add_scalar(f"eval/{k}", report["summary"][k], step)
             log.info("eval at step %d: %s", step, format_summary(report["summary"]))
         distributed.barrier(f"eval_{step}")
         return report
