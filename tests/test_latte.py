@@ -132,7 +132,8 @@ def test_uvit_skips_change_the_output_only_when_enabled(make, depth):
     unrolled = build(True, scan=False)
     nnx.update(unrolled, nnx.state(skipped, nnx.Param))
     np.testing.assert_allclose(np.asarray(unrolled(x, t, y, mask)), random_out,
-                               atol=3e-5 * np.abs(random_out).max())  # fp32 reordering, amplified by σ = 0.2 weights
+                               atol=1e-4 * np.abs(random_out).max())  # fp32 reordering, amplified by σ = 0.2 weights
+    # (measured: 1.7e-4 against a largest output of 5.5 at depth 5; a wrong skip pairing differs by O(1))
     C = TINY["hidden"]
     for lins in (skipped.skip_linears, getattr(skipped, "late_skip_linears", None)):
         if lins is None:
