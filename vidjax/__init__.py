@@ -12,3 +12,32 @@ import flax
 flax.config.update("flax_always_shard_variable", False)
 
 __version__ = "0.1.0"
+
+
+def _unshadow_hub_kernels() -> None:
+    """Import Hugging Face's ``kernels`` package (a dependency of transformers ≥ 5) when this checkout's top-level
+    ``kernels/`` folder (our Pallas kernels, installed as ``vidjax.kernels``) would hide it: ``python -m`` run from
+    the checkout puts the working directory first on ``sys.path``, and transformers then fails to import T5 with
+    ``cannot import name ... from 'kernels'``. Costs nothing unless the two would collide."""
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    ours = Path(__file__).resolve().parents[1] / "kernels"
+    if "kernels" in sys.modules or not (ours / "spatial.py").is_file():  # not run from a checkout
+        return
+    spec = importlib.util.find_spec("kernels")
+    if spec is None or spec.origin is None or Path(spec.origin).resolve().parent != ours:
+        return
+    saved = sys.path[:]
+    sys.path[:] = [p for p in saved if Path(p or os.getcwd()).resolve() != ours.parent]
+    try:
+        import kernels  # noqa: F401  (the installed distribution, when there is one)
+    except ImportError:
+        pass
+    finally:
+        sys.path[:] = saved
+
+
+_unshadow_hub_kernels()
