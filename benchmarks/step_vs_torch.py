@@ -3,6 +3,7 @@
     python benchmarks/step_vs_torch.py                   # both configs, 3 rounds of 6 timed steps per side
     python benchmarks/step_vs_torch.py --config mid --rounds 5
     python benchmarks/step_vs_torch.py --profile         # where the vidjax step's time goes, scan vs unrolled
+    python benchmarks/step_vs_torch.py --dtype bfloat16  # mixed precision on both sides (Open-Sora trains in bf16)
 
 The same work on both sides: an STDiT (Open-Sora v1.0 blocks) with learned sigma, IDDPM's loss (eps MSE + the VB
 term on a frozen mean, t ~ U{0..999}), gradient clipping at 1.0 and AdamW, fp32, fresh random latents, captions
@@ -12,6 +13,10 @@ written here from the same formulas; the vidjax side is ``STDiT`` + ``IDDPM.loss
 with the blocks unrolled (``model.scan_layers=False``), and once more with them in one ``nnx.scan`` (the
 default of the full-size configs, for compile time) to show what the scan costs. The sides alternate round by
 round, so all see the same machine state.
+
+``--dtype bfloat16``: mixed precision as Open-Sora trains (fp32 weights and optimizer, bf16 matmuls): the vidjax
+model with ``dtype="bfloat16"``, the PyTorch step under ``torch.autocast("cpu", torch.bfloat16)``; the matmul
+peaks are then bf16 ones (bf16 inputs, fp32 sums, on both sides).
 
 Configs: ``mid``: depth 4, width 256, 4 heads, patch 1×2×2, latent 8×32×32×4 (2,048 tokens), captions 120 × 4096,
 batch 2; ``xl``: one XL/2-width stack (hidden 1152, 16 heads, depth 2) on 4×32×32 latents.
@@ -62,7 +67,9 @@ def make_inputs(rng, cfg):
 # PyTorch side
 # --------------------------------------------------------------------------------------
 
-def torch_step_fn(cfg):
+def torch_step_fn(cfg, dtype: str = "float32"):
+    import contextlib
+
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -110,7 +117,8 @@ def torch_step_fn(cfg):
 
     def step(inp):
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(inp)
+        with torch.autocast("cpu", torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext():
+            loss = loss_fn(inp)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -123,7 +131,7 @@ def torch_step_fn(cfg):
 # vidjax side
 # --------------------------------------------------------------------------------------
 
-def jax_step_fn(cfg, scan_layers: bool = False):
+def jax_step_fn(cfg, scan_layers: bool = False, dtype: str = "float32"):
     import jax
     import jax.numpy as jnp
     import optax
@@ -134,7 +142,7 @@ def jax_step_fn(cfg, scan_layers: bool = False):
 
     model = STDiT(stdit_config(depth=cfg["depth"], hidden=cfg["hidden"], heads=cfg["heads"], patch=PATCH,
                                in_channels=C_IN, learn_sigma=True, caption_channels=CAPTION, model_max_length=L,
-                               scan_layers=scan_layers),
+                               scan_layers=scan_layers, dtype=dtype),
                   rngs=nnx.Rngs(0))
     params = count_params(model)
     graphdef, state = nnx.split(model)
@@ -173,8 +181,8 @@ def jax_step_fn(cfg, scan_layers: bool = False):
 # Peak, FLOPs, the alternating loop
 # --------------------------------------------------------------------------------------
 
-def matmul_peaks(n: int = 2048, reps: int = 5) -> tuple[float, float]:
-    """(PyTorch, JAX) fp32 GFLOP/s of an n×n matmul, best of ``reps``."""
+def matmul_peaks(n: int = 2048, reps: int = 5, dtype: str = "float32") -> tuple[float, float]:
+    """(PyTorch, JAX) GFLOP/s of an n×n matmul, best of ``reps``: fp32, or bf16 inputs with fp32 sums."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -182,6 +190,9 @@ def matmul_peaks(n: int = 2048, reps: int = 5) -> tuple[float, float]:
     a = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
     ta, ja = torch.from_numpy(a), jnp.asarray(a)
     f = jax.jit(lambda x: x @ x)
+    if dtype == "bfloat16":  # what a bf16 layer runs: bf16 operands, fp32 accumulation
+        ta, ja = ta.to(torch.bfloat16), ja.astype(jnp.bfloat16)
+        f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
     f(ja).block_until_ready()
     out = []
     for fn in (lambda: torch.mm(ta, ta), lambda: f(ja).block_until_ready()):
@@ -206,14 +217,14 @@ def model_flops(cfg, params: int) -> float:
     return 6 * params * tokens + attn
 
 
-def bench(name: str, rounds: int, steps: int, threads: int) -> dict:
+def bench(name: str, rounds: int, steps: int, threads: int, dtype: str = "float32") -> dict:
     import torch
 
     torch.set_num_threads(threads)
     cfg = CONFIGS[name]
-    t_step, t_params = torch_step_fn(cfg)
-    j_step, j_params = jax_step_fn(cfg)
-    s_step, _ = jax_step_fn(cfg, scan_layers=True)
+    t_step, t_params = torch_step_fn(cfg, dtype)
+    j_step, j_params = jax_step_fn(cfg, dtype=dtype)
+    s_step, _ = jax_step_fn(cfg, scan_layers=True, dtype=dtype)
     rng = np.random.default_rng(1)
     sides = (("pytorch", t_step), ("vidjax", j_step), ("vidjax_scan", s_step))
     for _, fn in sides:  # warm-up (and compile)
@@ -224,7 +235,7 @@ def bench(name: str, rounds: int, steps: int, threads: int) -> dict:
             for _ in range(steps):
                 inp = make_inputs(rng, cfg)
                 times[side].append(_timed(lambda fn=fn, inp=inp: fn(inp)))
-    peak_t, peak_j = matmul_peaks()
+    peak_t, peak_j = matmul_peaks(dtype=dtype)
     flops = model_flops(cfg, j_params)
     med = {k: float(np.median(v)) for k, v in times.items()}
     return dict(config=name, params=(t_params, j_params), flops=flops, median=med,
@@ -272,6 +283,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=6, help="timed steps per side per round")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="compute dtype on both sides (bfloat16: fp32 weights, bf16 matmuls)")
     p.add_argument("--profile", action="store_true", help="only print the vidjax step's per-op time by kind, with "
                    "the blocks in one scan and unrolled")
     a = p.parse_args()
@@ -283,11 +296,12 @@ def main() -> None:
     import os
 
     threads = a.threads or os.cpu_count() or 1
+    print(f"compute dtype: {a.dtype}")
     print("| config | params (torch / vidjax) | TFLOP/step | PyTorch s/step (min–max) | vidjax s/step (min–max) | "
           "vidjax / PyTorch | share of matmul peak (PyTorch / vidjax) | vidjax with scan_layers=True: s/step, "
           "/ PyTorch |\n|---|---|---|---|---|---|---|---|")
     for name in a.config or ["mid", "xl"]:
-        r = bench(name, a.rounds, a.steps, threads)
+        r = bench(name, a.rounds, a.steps, threads, a.dtype)
         (tp, jp), (ts, js) = r["params"], r["share"]
         print(f"| {name} | {tp:,} / {jp:,} | {r['flops'] / 1e12:.3f} | {r['median']['pytorch']:.3f} "
               f"({r['spread']['pytorch'][0]:.3f}–{r['spread']['pytorch'][1]:.3f}) | {r['median']['vidjax']:.3f} "

@@ -18,7 +18,7 @@ from einops import rearrange
 from flax import nnx
 
 from vidjax.models.dit import CONDITIONINGS, DiT, dit_config
-from vidjax.models.layers import CrossAttention, SelfAttention
+from vidjax.models.layers import CrossAttention, SelfAttention, dot_general_f32_accumulate
 from vidjax.models.stdit import STDIT_SIZES, FinalLayer, STDiT, count_params, stdit_config, trainable_filter
 
 TINY = dict(depth=2, hidden=64, heads=4, caption_channels=32, model_max_length=8)
@@ -223,6 +223,52 @@ def test_bf16_compute_keeps_fp32_params_and_rounds_the_timestep(tiny):
     np.testing.assert_array_equal(low[0], low[1])
     assert not np.allclose(full[0], full[1], atol=1e-6)
     assert float(np.abs(low - full).max() / np.abs(full).max()) < 5e-2
+
+
+def test_bf16_linear_sums_in_fp32_forward_and_backward():
+    """A bf16 layer's matmuls (forward and both gradient products) take bf16 inputs into fp32 sums, the form XLA's
+    CPU backend runs on its bf16 kernels; results match the fp32 products of the same bf16 values."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 3, 48, 64)), jnp.bfloat16)
+    w = jnp.asarray(rng.normal(size=(64, 32)) / 8, jnp.bfloat16)
+    c = jnp.asarray(rng.normal(size=(2, 3, 48, 32)), jnp.float32)
+    dn = (((3,), (0,)), ((), ()))
+
+    def loss(x, w):
+        return jnp.sum(dot_general_f32_accumulate(x, w, dn).astype(jnp.float32) * c)
+
+    def reference(x, w):  # the same bf16 values, fp32 everywhere
+        return jnp.sum((x.astype(jnp.float32) @ w.astype(jnp.float32)) * c)
+
+    y = dot_general_f32_accumulate(x, w, dn)
+    assert y.dtype == jnp.bfloat16
+    exact = x.astype(jnp.float32) @ w.astype(jnp.float32)
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(exact.astype(jnp.bfloat16), np.float32),
+                               rtol=1e-2, atol=1e-6)  # one rounding of the fp32 sum
+    for got, want in zip(jax.grad(loss, (0, 1))(x, w), jax.grad(reference, (0, 1))(x, w), strict=True):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), rtol=2e-2,
+                                   atol=2e-2 * float(jnp.abs(want).max()))
+    jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w)
+
+    def dots(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                yield eqn
+            for p in eqn.params.values():
+                for j in p if isinstance(p, (list, tuple)) else [p]:  # custom_vjp, pjit, ... bodies
+                    j = getattr(j, "jaxpr", j)
+                    if hasattr(j, "eqns"):
+                        yield from dots(j)
+
+    found = list(dots(jaxpr.jaxpr))
+    assert len(found) >= 3  # forward, input gradient, weight gradient
+    for eqn in found:
+        assert [v.aval.dtype for v in eqn.invars] == [jnp.dtype(jnp.bfloat16)] * 2, eqn
+        assert eqn.params["preferred_element_type"] == jnp.float32, eqn
+    # fp32 layers keep the plain dot
+    x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+    np.testing.assert_array_equal(dot_general_f32_accumulate(x32, w32, dn), jax.lax.dot_general(x32, w32, dn))
 
 
 def test_fps_and_input_errors(tiny):
