@@ -266,6 +266,18 @@ def test_bf16_linear_sums_in_fp32_forward_and_backward():
     for eqn in found:
         assert [v.aval.dtype for v in eqn.invars] == [jnp.dtype(jnp.bfloat16)] * 2, eqn
         assert eqn.params["preferred_element_type"] == jnp.float32, eqn
+    # remat "dots" keeps these products as it keeps plain dots (the custom VJP would otherwise hide them)
+    import contextlib
+    import io
+
+    from vidjax.models.stdit import REMAT_POLICIES
+
+    def layer(x, w):
+        return jnp.sum(jnp.tanh(dot_general_f32_accumulate(x, w, dn)).astype(jnp.float32))
+
+    with contextlib.redirect_stdout(io.StringIO()) as saved:
+        jax.ad_checkpoint.print_saved_residuals(jax.checkpoint(layer, policy=REMAT_POLICIES["dots"]), x, w)
+    assert "bf16[2,3,48,32] named 'mixed_precision_linear'" in saved.getvalue(), saved.getvalue()
     # fp32 layers keep the plain dot
     x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
     np.testing.assert_array_equal(dot_general_f32_accumulate(x32, w32, dn), jax.lax.dot_general(x32, w32, dn))

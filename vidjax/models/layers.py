@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from vidjax.parallel.rules import constrain
 from vidjax.parallel.sequence import parallel_attention
@@ -53,7 +54,10 @@ def dot_general_f32_accumulate(lhs: Array, rhs: Array, dimension_numbers, precis
                     and not batch[0] and not batch[1] and lhs.dtype == rhs.dtype == out_dtype)
     if out_dtype == jnp.float32 or not plain_linear:
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type, **kwargs)
-    return _mixed_linear(lhs, rhs)
+    return checkpoint_name(_mixed_linear(lhs, rhs), MIXED_LINEAR)  # remat "dots" keeps it like a plain dot
+
+
+MIXED_LINEAR = "mixed_precision_linear"
 
 
 @jax.custom_vjp

@@ -30,6 +30,7 @@ from einops import rearrange
 from flax import nnx
 
 from vidjax.models.layers import (
+    MIXED_LINEAR,
     Buffer,
     CaptionEmbedder,
     CrossAttention,
@@ -62,7 +63,10 @@ SEQUENCE_PARALLEL = ("dsp", "ulysses", "allgather", "ring")
 
 REMAT_POLICIES: dict[str, Callable | None] = {
     "full": None,  # save nothing inside a block: recompute all of it in the backward pass
-    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep the weight matmuls
+    # keep the weight matmuls (the bf16 linears' float32-summing products carry a name: a custom VJP hides the dot)
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+        jax.checkpoint_policies.save_only_these_names(MIXED_LINEAR)),
 }
 FREEZE_OPTIONS = ("not_temporal", "text", "temporal")
 
