@@ -19,7 +19,15 @@ from flax import nnx
 
 from vidjax.models.dit import CONDITIONINGS, DiT, dit_config
 from vidjax.models.layers import CrossAttention, SelfAttention, dot_general_f32_accumulate
-from vidjax.models.stdit import STDIT_SIZES, FinalLayer, STDiT, count_params, stdit_config, trainable_filter
+from vidjax.models.stdit import (
+    REMAT_POLICIES,
+    STDIT_SIZES,
+    FinalLayer,
+    STDiT,
+    count_params,
+    stdit_config,
+    trainable_filter,
+)
 
 TINY = dict(depth=2, hidden=64, heads=4, caption_channels=32, model_max_length=8)
 L = TINY["model_max_length"]
@@ -135,7 +143,18 @@ def test_remat_policy_from_config():
     none, full, dots = abstract_program(), abstract_program(remat="full"), abstract_program(remat="dots")
     assert "remat2[" not in none
     assert "remat2[" in full and "policy=None" in full
-    assert "remat2[" in dots and "DotsSaveable(only_if_no_batch_dims=True)" in dots
+    assert "remat2[" in dots and "policy=<function save_from_both_policies" in dots
+    # "dots" keeps the weight matmuls' outputs (dots without batch dims; bf16 layers: see the bf16 linear test)
+    import contextlib
+    import io
+
+    def layer(x, w):
+        return jnp.sum(jnp.tanh(x @ w))
+
+    with contextlib.redirect_stdout(io.StringIO()) as saved:
+        jax.ad_checkpoint.print_saved_residuals(jax.checkpoint(layer, policy=REMAT_POLICIES["dots"]),
+                                                jnp.ones((4, 8)), jnp.ones((8, 16)))
+    assert "f32[4,16] output of dot_general" in saved.getvalue(), saved.getvalue()
     with pytest.raises(ValueError, match="remat"):
         stdit_config(**TINY, remat="some")
 
@@ -269,8 +288,6 @@ def test_bf16_linear_sums_in_fp32_forward_and_backward():
     # remat "dots" keeps these products as it keeps plain dots (the custom VJP would otherwise hide them)
     import contextlib
     import io
-
-    from vidjax.models.stdit import REMAT_POLICIES
 
     def layer(x, w):
         return jnp.sum(jnp.tanh(dot_general_f32_accumulate(x, w, dn)).astype(jnp.float32))
