@@ -43,6 +43,16 @@ def randomize(model: nnx.Module, seed: int) -> nnx.Module:
     return model
 
 
+def saved_residuals(fn, *args) -> str:
+    """What ``jax.checkpoint``-ed ``fn`` saves for its backward pass (``print_saved_residuals``' text)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        jax.ad_checkpoint.print_saved_residuals(fn, *args)
+    return out.getvalue()
+
+
 def batch(b: int = 4, frames: int = 4, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.normal(size=(b, frames, 8, 12, 4)), jnp.float32)
@@ -145,16 +155,11 @@ def test_remat_policy_from_config():
     assert "remat2[" in full and "policy=None" in full
     assert "remat2[" in dots and "policy=<function save_from_both_policies" in dots
     # "dots" keeps the weight matmuls' outputs (dots without batch dims; bf16 layers: see the bf16 linear test)
-    import contextlib
-    import io
-
     def layer(x, w):
         return jnp.sum(jnp.tanh(x @ w))
 
-    with contextlib.redirect_stdout(io.StringIO()) as saved:
-        jax.ad_checkpoint.print_saved_residuals(jax.checkpoint(layer, policy=REMAT_POLICIES["dots"]),
-                                                jnp.ones((4, 8)), jnp.ones((8, 16)))
-    assert "f32[4,16] output of dot_general" in saved.getvalue(), saved.getvalue()
+    saved = saved_residuals(jax.checkpoint(layer, policy=REMAT_POLICIES["dots"]), jnp.ones((4, 8)), jnp.ones((8, 16)))
+    assert "f32[4,16] output of dot_general" in saved, saved
     with pytest.raises(ValueError, match="remat"):
         stdit_config(**TINY, remat="some")
 
@@ -286,15 +291,11 @@ def test_bf16_linear_sums_in_fp32_forward_and_backward():
         assert [v.aval.dtype for v in eqn.invars] == [jnp.dtype(jnp.bfloat16)] * 2, eqn
         assert eqn.params["preferred_element_type"] == jnp.float32, eqn
     # remat "dots" keeps these products as it keeps plain dots (the custom VJP would otherwise hide them)
-    import contextlib
-    import io
-
     def layer(x, w):
         return jnp.sum(jnp.tanh(dot_general_f32_accumulate(x, w, dn)).astype(jnp.float32))
 
-    with contextlib.redirect_stdout(io.StringIO()) as saved:
-        jax.ad_checkpoint.print_saved_residuals(jax.checkpoint(layer, policy=REMAT_POLICIES["dots"]), x, w)
-    assert "bf16[2,3,48,32] named 'mixed_precision_linear'" in saved.getvalue(), saved.getvalue()
+    saved = saved_residuals(jax.checkpoint(layer, policy=REMAT_POLICIES["dots"]), x, w)
+    assert "bf16[2,3,48,32] named 'mixed_precision_linear'" in saved, saved
     # fp32 layers keep the plain dot
     x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
     np.testing.assert_array_equal(dot_general_f32_accumulate(x32, w32, dn), jax.lax.dot_general(x32, w32, dn))

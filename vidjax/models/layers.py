@@ -38,6 +38,9 @@ class Buffer(nnx.Variable):
     """A fixed tensor that is saved with the model but never trained (e.g. ``y_embedding``)."""
 
 
+MIXED_LINEAR = "mixed_precision_linear"  # checkpoint name of a bf16 linear's product (remat "dots" saves it)
+
+
 def dot_general_f32_accumulate(lhs: Array, rhs: Array, dimension_numbers, precision=None,
                                preferred_element_type=None, **kwargs) -> Array:
     """``lax.dot_general`` for the linear layers: low-precision inputs, float32 sums, one rounding at the end.
@@ -55,9 +58,6 @@ def dot_general_f32_accumulate(lhs: Array, rhs: Array, dimension_numbers, precis
     if out_dtype == jnp.float32 or not plain_linear:
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type, **kwargs)
     return checkpoint_name(_mixed_linear(lhs, rhs), MIXED_LINEAR)  # remat "dots" keeps it like a plain dot
-
-
-MIXED_LINEAR = "mixed_precision_linear"
 
 
 @jax.custom_vjp
