@@ -10,15 +10,15 @@ The data mixes still images (a shape of a colour, "a red circle") and 17-frame c
 non-square aspect ratio). As in Open-Sora v1.1+, buckets (``data.bucket_config``, Open-Sora's format, over the
 small named sizes of ``data.resolutions``) decide which clips each stage sees, at which size and batch size:
 
-* stage 1: images only, at two resolutions (48px and 64px), temporal attention frozen at zero (an image model);
+* stage 1: images only, at two resolutions (32px and 64px), temporal attention frozen at zero (an image model);
 * stage 2: 8-frame video at 32×32; temporal attention starts at zero (``init_reset``), so the model starts as the
   stage-1 image model applied frame by frame;
 * stage 3: mixed buckets: 16 frames at 64×64 and 48×96, 8 frames at 32×32, and images.
 
 Each stage starts from the previous stage's final EMA weights, runs in ``runs/three_stage_shapes/<stage>``, and is
 evaluated on its buckets by vidjax.evaluate's judge (images on colour and shape). Stage 0 trains the causal VAE
-(configs/vae_shapes.py:stage0_images, 4×4×4, on these clips' 8×32×32 windows and, alone, their frames as still
-images) into ``vae.path`` when it holds none; the denoiser patches its latents 2×2.
+(configs/vae_shapes.py:stage0_images on these clips' 8×32×32 windows and, alone, their frames as still images)
+into ``vae.path`` when it holds none.
 """
 
 from ml_collections import ConfigDict
@@ -38,13 +38,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     d.mix = [(1500, 1, 64, 64), (1000, 17, 64, 64), (800, 17, 48, 96)]
     d.num_clips = 3300
     # named sizes beyond Open-Sora's tables: one (height, width) per aspect ratio
-    d.resolutions = {"32px": [(32, 32)], "48px": [(48, 48)], "64px": [(64, 64), (48, 96)]}
+    d.resolutions = {"32px": [(32, 32)], "64px": [(64, 64), (48, 96)]}
     d.bucket_config = {}  # set by each stage
     d.bucket_batch = "global"
-    c.vae.path = "runs/vae_shapes_mix_4x4x4"
+    c.vae.path = "runs/vae_shapes_mix_stage0_images"
     c.vae.train_config = "configs/vae_shapes.py:stage0_images"  # the VAE also learns still images
     c.train.init_reset = ""
-    c.model.patch = (1, 2, 2)  # on the 4×4×4 latents: 64×64 frames -> 8×8 tokens
     c.model.dtype = "bfloat16"  # mixed precision as Open-Sora trains: fp32 weights, bf16 matmuls (1.3x here)
     c.sample.buckets = []
     c.sample.eval_every = 0
@@ -52,10 +51,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     c.stages = ConfigDict()
     c.stages.stage1 = dict(  # text-to-image at two resolutions; temporal attention frozen at its zero init
-        data=dict(bucket_config={"64px": {1: (0.5, 16)}, "48px": {1: (1.0, 24)}}),
+        data=dict(bucket_config={"64px": {1: (0.5, 16)}, "32px": {1: (1.0, 32)}}),
         model=dict(freeze="temporal"),
         train=dict(steps=6000, warmup=100),
-        sample=dict(buckets=["1x48x48", "1x64x64"]),
+        sample=dict(buckets=["1x32x32", "1x64x64"]),
     )
     c.stages.stage2 = dict(  # 8-frame video at the low resolution; temporal attention starts again at zero
         data=dict(bucket_config={"32px": {8: (1.0, 16)}}),

@@ -4,7 +4,7 @@
     python -m vidjax.train --config configs/vae_shapes.py:vq          # VideoGPT-style VQ-VAE, 4×8×8
     python -m vidjax.train --config configs/vae_shapes.py:adversarial # + PatchGAN term after step 1000
     python -m vidjax.train --config configs/vae_shapes.py:stage0      # batch 4: stage 0 of shapes_tiny.py
-    python -m vidjax.train --config configs/vae_shapes.py:stage0_images  # 4×4×4, + stills: three_stage_shapes.py
+    python -m vidjax.train --config configs/vae_shapes.py:stage0_images  # + still images: three_stage_shapes.py
     python -m vidjax.train --config configs/vae_shapes.py:quick       # seconds: the CI smoke run
 
 The trained VAE is then a ``vae`` entry for the diffusion configs:
@@ -110,10 +110,6 @@ def get_config(arg: str | None = None) -> ConfigDict:
             c.train.latent_norm = True
     elif arg == "stage0_images":  # stage 0 of configs/three_stage_shapes.py: the VAE also serves image buckets
         c.name = "vae_shapes_stage0_images"
-        # 4×4×4: one spatial downsample (the last level stays at 1/4 size). Small stills need it: at 4×8×8 a 48 px
-        # still came back with the judge's shape 84% of the time (triangles lose their corners), at 4×4×4 93%
-        # (2,000 steps); 64 px 100% both. The denoiser patches the latent 2×2, so its token count is unchanged.
-        c.vae.model.spatial_downsample = (True, False)
         c.train.update(steps=4000, batch_size=4, ckpt_every=1000)
         c.train.crop_prob = 0.5  # half the windows cropped from 64×64 / 48×96 clips at their own scale, not resized
         c.train.latent_norm = True  # unit-variance latents for the denoiser: stills' shape 52% -> 60% after stage 1
