@@ -5,6 +5,7 @@ change to the step can be measured before/after in one session, alternating the 
 
     git worktree add /tmp/old <commit>
     for k in 1 2 3; do for r in /tmp/old .; do JAX_PLATFORMS=cpu python benchmarks/train_step.py $r; done; done
+    python benchmarks/train_step.py . bfloat16    # the model in bf16 (model.dtype), as the three-stage twin trains
 
 Workload: configs/shapes_tiny.py:pixels (8×32×32 pixels, patch 2×4×4: 256 tokens), depth 4, width 128, batch 16,
 40 timed steps after one compile.
@@ -16,7 +17,7 @@ import sys
 import time
 
 
-def step_runner(repo: str):
+def step_runner(repo: str, dtype: str = "float32"):
     """(run(step_index) -> metrics, mesh) for the checkout at ``repo``."""
     import jax
     import jax.numpy as jnp
@@ -32,6 +33,8 @@ def step_runner(repo: str):
 
     c = load_config(f"{repo}/configs/shapes_tiny.py:pixels")
     c.model.depth, c.model.hidden = 4, 128
+    if dtype != "float32":
+        c.model.dtype = dtype
     vae = build_vae(c.vae)
     model = build_model(c, nnx.Rngs(0), latent_channels=vae.latent_channels)
     diffusion, mesh, L, B = build_diffusion(c.diffusion), make_mesh(c), c.text.max_length, 16
@@ -76,7 +79,7 @@ def main() -> None:
     import jax
     import numpy as np
 
-    run, mesh = step_runner(repo)
+    run, mesh = step_runner(repo, sys.argv[2] if len(sys.argv) > 2 else "float32")
     with jax.set_mesh(mesh):
         jax.block_until_ready(run(0))  # compile
         times = []
@@ -84,7 +87,8 @@ def main() -> None:
             t = time.perf_counter()
             jax.block_until_ready(run(i))
             times.append(time.perf_counter() - t)
-    print(json.dumps({"repo": repo, "median_ms": round(1000 * float(np.median(times)), 2)}))
+    print(json.dumps({"repo": repo, "dtype": sys.argv[2] if len(sys.argv) > 2 else "float32",
+                      "median_ms": round(1000 * float(np.median(times)), 2)}))
 
 
 if __name__ == "__main__":

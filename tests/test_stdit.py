@@ -18,7 +18,15 @@ from einops import rearrange
 from flax import nnx
 
 from vidjax.models.dit import CONDITIONINGS, DiT, dit_config
-from vidjax.models.layers import CrossAttention, SelfAttention, dot_general_f32_accumulate
+from vidjax.models.layers import (
+    CrossAttention,
+    SelfAttention,
+    dot_general_f32_accumulate,
+    expand,
+    gate,
+    linear,
+    modulate,
+)
 from vidjax.models.stdit import (
     REMAT_POLICIES,
     STDIT_SIZES,
@@ -299,6 +307,45 @@ def test_bf16_linear_sums_in_fp32_forward_and_backward():
     # fp32 layers keep the plain dot
     x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
     np.testing.assert_array_equal(dot_general_f32_accumulate(x32, w32, dn), jax.lax.dot_general(x32, w32, dn))
+
+
+def test_linear_bias_gradient_sums_in_fp32():
+    """A layer computes what ``nnx.Linear`` computes; a bf16 layer's bias gradient is the float32 sum of its
+    bf16 cotangent, not that sum rounded to bf16 (autodiff's bf16 reduction, slow on XLA's CPU backend)."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 3, 48, 64)), jnp.float32)
+    c = jnp.asarray(rng.normal(size=(2, 3, 48, 32)), jnp.float32)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        layer = randomize(linear(64, 32, ("embed", "mlp"), nnx.Rngs(0), dtype=dtype), 2)
+        plain = nnx.Linear(64, 32, dtype=dtype, dot_general=dot_general_f32_accumulate, rngs=nnx.Rngs(0))
+        plain.kernel.value, plain.bias.value = layer.kernel.value, layer.bias.value
+        np.testing.assert_array_equal(np.asarray(layer(x), np.float32), np.asarray(plain(x), np.float32))
+
+        def loss(model):
+            return jnp.sum(model(x).astype(jnp.float32) * c)
+
+        got = nnx.grad(loss)(layer)
+        cotangent = c.astype(dtype).astype(jnp.float32)  # d loss / d output, in the layer's dtype
+        assert got["bias"].value.dtype == jnp.float32
+        np.testing.assert_allclose(got["bias"].value, cotangent.sum((0, 1, 2)), rtol=1e-6, atol=1e-5)
+        want = nnx.grad(loss)(plain)
+        np.testing.assert_allclose(got["kernel"].value, want["kernel"].value, rtol=1e-6, atol=1e-6)
+
+
+def test_adaln_vectors_broadcast_with_fp32_gradient_sums():
+    """modulate and gate compute the plain formulas; a bf16 adaLN vector's gradient is the float32 sum of the
+    bf16 cotangent over the tokens it was broadcast to (not rounded to bf16 on the way)."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 3, 40, 16)), jnp.bfloat16)
+    shift, scale, g = (jnp.asarray(rng.normal(size=(2, 1, 1, 16)), jnp.bfloat16) for _ in range(3))
+    np.testing.assert_array_equal(np.asarray(modulate(x, shift, scale), np.float32),
+                                  np.asarray(x * (1 + scale) + shift, np.float32))
+    np.testing.assert_array_equal(np.asarray(gate(g, x), np.float32), np.asarray(g * x, np.float32))
+    c = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    got = jax.grad(lambda v: jnp.sum(expand(v, x.shape).astype(jnp.float32) * c))(shift)
+    assert got.dtype == jnp.bfloat16 and got.shape == shift.shape
+    want = c.astype(jnp.bfloat16).astype(jnp.float32).sum((1, 2), keepdims=True)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want.astype(jnp.bfloat16), np.float32))
 
 
 def test_fps_and_input_errors(tiny):

@@ -37,6 +37,7 @@ from vidjax.models.layers import (
     SelfAttention,
     TimestepEmbedder,
     constrain,
+    gate,
     layer_norm,
     linear,
     modulate,
@@ -122,10 +123,10 @@ class DiTBlock(nnx.Module):
 
     def __call__(self, x: Array, c: Array, y: Array, mask: Array | None, key_mask: Array | None) -> Array:
         sh1, sc1, g1, sh2, sc2, g2 = adaln_chunks(self.adaLN_modulation(jax.nn.silu(c)), 6)  # each [B, 1, 1, C]
-        x = x + g1 * self.attn(modulate(layer_norm(x), sh1, sc1), mask=key_mask)  # full attention
+        x = x + gate(g1, self.attn(modulate(layer_norm(x), sh1, sc1), mask=key_mask))  # full attention
         if self.cross_attn is not None:
             x = x + self.cross_attn(x[:, 0], y, mask)[:, None]
-        x = x + g2 * self.mlp(modulate(layer_norm(x), sh2, sc2))
+        x = x + gate(g2, self.mlp(modulate(layer_norm(x), sh2, sc2)))
         return constrain(x, ACT_FLAT)
 
 

@@ -42,6 +42,7 @@ from vidjax.models.layers import (
     SelfAttention,
     TimestepEmbedder,
     constrain,
+    gate,
     layer_norm,
     linear,
     modulate,
@@ -141,15 +142,15 @@ class LatteBlock(nnx.Module):
         t0 = rearrange(t0, "b (six c) -> b six c", six=6)
         sh1, sc1, g1, sh2, sc2, g2 = adaln_chunks(table[:, :6] + t0, 6)  # each [B, 1, 1, C]
 
-        x = x + g1 * self.attn(modulate(layer_norm(x), sh1, sc1))  # spatial | temporal | split heads
+        x = x + gate(g1, self.attn(modulate(layer_norm(x), sh1, sc1)))  # spatial | temporal | split heads
         if self.attn_temp is not None:  # "both": temporal attention next, its own (shift, scale, gate) rows
             sh3, sc3, g3 = adaln_chunks(table[:, 6:] + t0[:, :3], 3)
-            x = x + g3 * self.attn_temp(modulate(layer_norm(x), sh3, sc3))
+            x = x + gate(g3, self.attn_temp(modulate(layer_norm(x), sh3, sc3)))
         x = constrain(x, ACT)
 
         h = self.cross_attn(rearrange(x, "b t s c -> b (t s) c"), y, mask)  # [B, T·S, C], queries independent
         x = x + rearrange(h, "b (t s) c -> b t s c", t=T)
-        x = x + g2 * self.mlp(modulate(layer_norm(x), sh2, sc2))
+        x = x + gate(g2, self.mlp(modulate(layer_norm(x), sh2, sc2)))
         return constrain(x, ACT)
 
 

@@ -82,6 +82,44 @@ def _mixed_linear_bwd(res, g: Array):
 _mixed_linear.defvjp(_mixed_linear_fwd, _mixed_linear_bwd)
 
 
+def add_bias(y: Array, b: Array) -> Array:
+    """``y + b`` over the last axis, in y's dtype; a low-precision y's bias gradient is summed in float32.
+
+    Autodiff would sum a bfloat16 cotangent over every token with XLA's precision-keeping tree reduction, which
+    XLA's CPU backend runs as slow strided reduce-windows (8% of the bfloat16 mid step of
+    ``benchmarks/step_vs_torch.py``). Summing the cotangent in float32 directly is a plain reduce, and the sum
+    is no longer rounded to bfloat16 on its way to the float32 parameter. Float32 layers are unchanged.
+    """
+    return y + b if y.dtype == b.dtype == jnp.float32 else _add_bias_f32_grad(y, b)
+
+
+@jax.custom_vjp
+def _add_bias_f32_grad(y: Array, b: Array) -> Array:
+    return y + b.astype(y.dtype)
+
+
+def _add_bias_fwd(y: Array, b: Array):
+    return _add_bias_f32_grad(y, b), b
+
+
+def _add_bias_bwd(b: Array, g: Array):
+    return g, jnp.sum(g.astype(jnp.float32), axis=tuple(range(g.ndim - 1))).astype(b.dtype)
+
+
+_add_bias_f32_grad.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+class Linear(nnx.Linear):
+    """``nnx.Linear`` (same parameters, same maths) whose bias goes through ``add_bias``."""
+
+    def __call__(self, inputs: Array, out_sharding=None) -> Array:
+        kernel = self.kernel[...]
+        inputs, kernel = self.promote_dtype((inputs, kernel), dtype=self.dtype)
+        y = self.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=self.precision,
+                             out_sharding=out_sharding)
+        return y if self.bias is None else add_bias(y, self.bias[...])
+
+
 def linear(
     din: int,
     dout: int,
@@ -93,8 +131,8 @@ def linear(
     dtype=None,
     param_dtype=jnp.float32,
 ) -> nnx.Linear:
-    """``nnx.Linear`` whose kernel ``[din, dout]`` carries logical axis names ``axes``."""
-    return nnx.Linear(
+    """``Linear`` whose kernel ``[din, dout]`` carries logical axis names ``axes``."""
+    return Linear(
         din,
         dout,
         use_bias=bias,
@@ -312,9 +350,42 @@ class Mlp(nnx.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def expand(v: Array, shape: tuple[int, ...]) -> Array:
+    """``broadcast_to(v, shape)`` (v has shape's rank, 1 on the broadcast axes); a low-precision v's gradient
+    sums in float32.
+
+    The adaLN vectors [B, 1, 1, C] are broadcast over every token; autodiff would sum their bfloat16
+    cotangents with XLA's precision-keeping tree reduction (slow strided reduce-windows on the CPU backend),
+    as ``add_bias`` explains.
+    """
+    return jnp.broadcast_to(v, shape) if v.dtype == jnp.float32 else _expand_f32_grad(v, shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _expand_f32_grad(v: Array, shape: tuple[int, ...]) -> Array:
+    return jnp.broadcast_to(v, shape)
+
+
+def _expand_fwd(v: Array, shape: tuple[int, ...]):
+    return _expand_f32_grad(v, shape), v
+
+
+def _expand_bwd(shape: tuple[int, ...], v: Array, g: Array):
+    axes = tuple(i for i, (n, m) in enumerate(zip(v.shape, shape, strict=True)) if n == 1 and m != 1)
+    return (jnp.sum(g.astype(jnp.float32), axis=axes, keepdims=True).astype(v.dtype),)
+
+
+_expand_f32_grad.defvjp(_expand_fwd, _expand_bwd)
+
+
 def modulate(x: Array, shift: Array, scale: Array) -> Array:
-    """adaLN modulation: ``x * (1 + scale) + shift`` (broadcast over token axes)."""
-    return x * (1 + scale) + shift
+    """adaLN modulation: ``x * (1 + scale) + shift`` (shift, scale broadcast over token axes)."""
+    return x * (1 + expand(scale, x.shape)) + expand(shift, x.shape)
+
+
+def gate(g: Array, h: Array) -> Array:
+    """adaLN gating of a residual branch: ``g * h`` (g broadcast over token axes)."""
+    return expand(g, h.shape) * h
 
 
 # --------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from vidjax.models.layers import (
     SelfAttention,
     TimestepEmbedder,
     constrain,
+    gate,
     layer_norm,
     linear,
     modulate,
@@ -340,17 +341,17 @@ class STDiTBlock(nnx.Module):
         sh1, sc1, g1, sh2, sc2, g2 = adaln_chunks(mod, 6)  # each [B, 1, 1, C]
 
         # spatial attention within each frame
-        x = x + g1 * self.attn(modulate(layer_norm(x), sh1, sc1))  # [B, T, S, C]
+        x = x + gate(g1, self.attn(modulate(layer_norm(x), sh1, sc1)))  # [B, T, S, C]
         x = constrain(x, act)
 
         # temporal attention at each position: raw residual, no norm, no modulation, re-uses g1
         tpe = rearrange(tpe, "t c -> 1 t 1 c")
         if self.scheme == "dsp":  # one all-to-all to S-split, one back (identity off-mesh)
             xt = sequence.split_tokens(x)  # [B, T, S', C], all frames of a position per chip
-            xt = xt + g1 * self.attn_temp(xt + tpe)
+            xt = xt + gate(g1, self.attn_temp(xt + tpe))
             x = sequence.split_frames(xt, S)  # [B, T, S, C], whole frames per chip
         else:
-            x = x + g1 * self.attn_temp(x + tpe)  # [B, T, S, C]
+            x = x + gate(g1, self.attn_temp(x + tpe))  # [B, T, S, C]
         x = constrain(x, act)
 
         # cross-attention to the caption, over all tokens of the clip, ungated; queries are independent, so
@@ -360,7 +361,7 @@ class STDiTBlock(nnx.Module):
         x = x + rearrange(h, f"b {order} c -> b t s c", t=T)
 
         # MLP
-        x = x + g2 * self.mlp(modulate(layer_norm(x), sh2, sc2))
+        x = x + gate(g2, self.mlp(modulate(layer_norm(x), sh2, sc2)))
         return constrain(x, act)
 
 

@@ -46,6 +46,7 @@ from vidjax.models.layers import (
     SelfAttention,
     TimestepEmbedder,
     constrain,
+    gate,
     layer_norm,
     linear,
     modulate,
@@ -256,7 +257,7 @@ class STDiT3Block(nnx.Module):
         sh1, sc1, g1, sh2, sc2, g2 = mod
 
         # self-attention (within frames, or across frames with RoPE)
-        x = x + g1 * self.attn(modulate(layer_norm(x), sh1, sc1))
+        x = x + gate(g1, self.attn(modulate(layer_norm(x), sh1, sc1)))
         x = constrain(x, act)
 
         # cross-attention over all tokens of the clip, split axis major
@@ -266,7 +267,7 @@ class STDiT3Block(nnx.Module):
         x = x + rearrange(h, f"b {order} c -> b t s c", t=T)
 
         # MLP
-        x = x + g2 * self.mlp(modulate(layer_norm(x), sh2, sc2))
+        x = x + gate(g2, self.mlp(modulate(layer_norm(x), sh2, sc2)))
         x = constrain(x, act)
         if dsp_switch:
             x = constrain(sequence.split_frames(x, S), ACT)
