@@ -26,6 +26,7 @@ from vidjax.models.layers import (
     gate,
     linear,
     modulate,
+    xla_attention,
 )
 from vidjax.models.stdit import (
     REMAT_POLICIES,
@@ -257,6 +258,20 @@ def test_bf16_compute_keeps_fp32_params_and_rounds_the_timestep(tiny):
     assert float(np.abs(low - full).max() / np.abs(full).max()) < 5e-2
 
 
+def dot_eqns(jaxpr) -> list:
+    """Every dot_general in a jaxpr, custom_vjp / pjit / ... bodies included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn)
+        for p in eqn.params.values():
+            for j in p if isinstance(p, (list, tuple)) else [p]:
+                j = getattr(j, "jaxpr", j)
+                if hasattr(j, "eqns"):
+                    found += dot_eqns(j)
+    return found
+
+
 def test_bf16_linear_sums_in_fp32_forward_and_backward():
     """A bf16 layer's matmuls (forward and both gradient products) take bf16 inputs into fp32 sums, the form XLA's
     CPU backend runs on its bf16 kernels; results match the fp32 products of the same bf16 values."""
@@ -281,19 +296,7 @@ def test_bf16_linear_sums_in_fp32_forward_and_backward():
         assert got.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), rtol=2e-2,
                                    atol=2e-2 * float(jnp.abs(want).max()))
-    jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w)
-
-    def dots(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "dot_general":
-                yield eqn
-            for p in eqn.params.values():
-                for j in p if isinstance(p, (list, tuple)) else [p]:  # custom_vjp, pjit, ... bodies
-                    j = getattr(j, "jaxpr", j)
-                    if hasattr(j, "eqns"):
-                        yield from dots(j)
-
-    found = list(dots(jaxpr.jaxpr))
+    found = dot_eqns(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w).jaxpr)
     assert len(found) >= 3  # forward, input gradient, weight gradient
     for eqn in found:
         assert [v.aval.dtype for v in eqn.invars] == [jnp.dtype(jnp.bfloat16)] * 2, eqn
@@ -346,6 +349,31 @@ def test_adaln_vectors_broadcast_with_fp32_gradient_sums():
     assert got.dtype == jnp.bfloat16 and got.shape == shift.shape
     want = c.astype(jnp.bfloat16).astype(jnp.float32).sum((1, 2), keepdims=True)
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want.astype(jnp.bfloat16), np.float32))
+
+
+@pytest.mark.parametrize("axis", ["spatial", "temporal"])
+def test_bf16_attention_gradient_products_take_bf16_inputs(axis):
+    """bf16 attention: the forward is the reference's, and its gradient (bf16 products into fp32 sums, as flash
+    attention's backward) matches the fp32 gradient of the same bf16 values to bf16 accuracy."""
+    rng = np.random.default_rng(4)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 6, 10, 2, 8)), jnp.bfloat16) for _ in range(3))
+    c = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+    mask = jnp.asarray(np.arange(10)[None] < np.array([[10], [4]])) if axis == "spatial" else None
+
+    def loss(q, k, v, dtype=jnp.bfloat16):
+        out = xla_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), axis=axis, mask=mask)
+        return jnp.sum(out.astype(jnp.float32) * c)
+
+    want = jax.grad(functools.partial(loss, dtype=jnp.float32), (0, 1, 2))(q, k, v)
+    got = jax.grad(loss, (0, 1, 2))(q, k, v)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w), atol=2e-2 * float(jnp.abs(w).max()))
+    products = [e for e in dot_eqns(jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(q, k, v).jaxpr)
+                if e.params["preferred_element_type"] == jnp.float32]
+    assert len(products) >= 5  # the logits, then dV, dP, dQ, dK (the output product is bf16 -> bf16)
+    for eqn in products:
+        assert [x.aval.dtype for x in eqn.invars] == [jnp.dtype(jnp.bfloat16)] * 2, eqn
 
 
 def test_fps_and_input_errors(tiny):
