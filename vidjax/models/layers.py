@@ -323,8 +323,7 @@ class SelfAttention(nnx.Module):
         self.k_norm = RMSNorm(head_dim, param_dtype=param_dtype) if qk_norm else None
 
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
-        qkv = rearrange(self.qkv(x), "b t s (three h d) -> three b t s h d", three=3, h=self.num_heads)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = (rearrange(a, "b t s (h d) -> b t s h d", h=self.num_heads) for a in jnp.split(self.qkv(x), 3, -1))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope:
