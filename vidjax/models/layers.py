@@ -231,7 +231,7 @@ def _mixed_attention(q: Array, k: Array, v: Array, mask: Array | None, axis: str
 
     As flash attention's backward does on GPUs: the probabilities and their gradient are float32 and rounded to
     bfloat16 only as matmul inputs. Autodiff would run the cotangent products in float32 (or bfloat16 sums);
-    XLA's CPU backend runs this form on its bfloat16 kernels (0.64x the gradient time of a 2×8×256-token,
+    XLA's CPU backend runs this form on its bfloat16 kernels (about 0.7x the gradient time of a 2×8×256-token,
     4-head spatial attention here).
     """
     return _attention_forward(q, k, v, mask, axis, scale)[0]
