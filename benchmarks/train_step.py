@@ -75,11 +75,12 @@ def step_runner(repo: str, dtype: str = "float32"):
 
 def main() -> None:
     repo = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".")
+    dtype = sys.argv[2] if len(sys.argv) > 2 else "float32"
     sys.path.insert(0, repo)
     import jax
     import numpy as np
 
-    run, mesh = step_runner(repo, sys.argv[2] if len(sys.argv) > 2 else "float32")
+    run, mesh = step_runner(repo, dtype)
     with jax.set_mesh(mesh):
         jax.block_until_ready(run(0))  # compile
         times = []
@@ -87,8 +88,7 @@ def main() -> None:
             t = time.perf_counter()
             jax.block_until_ready(run(i))
             times.append(time.perf_counter() - t)
-    print(json.dumps({"repo": repo, "dtype": sys.argv[2] if len(sys.argv) > 2 else "float32",
-                      "median_ms": round(1000 * float(np.median(times)), 2)}))
+    print(json.dumps({"repo": repo, "dtype": dtype, "median_ms": round(1000 * float(np.median(times)), 2)}))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from vidjax.data import shapes
 from vidjax.data.captions import CaptionFileError, load_captions
 from vidjax.data.loader import VideoSource, make_dataset, make_transform, probe_records
 from vidjax.data.video_io import VideoReadError, read_video, resize_clip, write_video
+from vidjax.errors import ConfigError
 from vidjax.models.text.trainable import HashTokenizer
 
 
@@ -58,6 +59,21 @@ def test_generate_writes_mp4_and_jsonl(shapes_root):
     ref, _ = shapes.make_clip(3, 0, 8, 32, 32)
     assert clip.shape == ref.shape
     assert np.abs(clip.astype(float) - ref).mean() < 6  # H.264 at crf 12 keeps the picture
+
+
+def test_mix_folder_is_reused_only_for_the_same_mix(tmp_path):
+    groups = [(3, 1, 16, 16), (2, 1, 16, 24)]
+    cap = shapes.generate_mix(tmp_path, groups, progress=False)
+    assert [json.loads(x)["file"][-4:] for x in cap.read_text().splitlines()] == [".png"] * 5
+    assert shapes.generate_mix(tmp_path, groups, progress=False) == cap  # same recipe: reused
+    with pytest.raises(ConfigError, match=r"holds the shapes mix \[\[3, 1, 16, 16\], \[2, 1, 16, 24\]\]"):
+        shapes.generate_mix(tmp_path, [(3, 1, 16, 16), (2, 1, 24, 24)], progress=False)
+    with pytest.raises(ConfigError, match="seed 0"):
+        shapes.generate_mix(tmp_path, groups, seed=1, progress=False)
+    (tmp_path / "mix_train.json").unlink()  # a set written before the recipe file: its clip count is checked
+    assert shapes.generate_mix(tmp_path, groups, progress=False) == cap
+    with pytest.raises(ConfigError, match="holds 5 clips, but config.data.mix asks for 6"):
+        shapes.generate_mix(tmp_path, groups + [(1, 1, 8, 8)], progress=False)
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "csv"])

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vidjax.data.video_io import save_png, write_video
+from vidjax.errors import ConfigError
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -162,10 +163,14 @@ def generate_mix(root: str | os.PathLike, groups, *, seed: int = 0, split: str =
                  progress: bool = True) -> Path:
     """Write a mixed set under ``root``: ``groups`` is a list of ``(count, frames, height, width)``; ``frames == 1``
     gives still images (PNG), more gives mp4 clips. Returns the captions path (written last, atomically).
-    Lines carry ``shape``, ``colour`` and ``motion`` (None for images)."""
+    Lines carry ``shape``, ``colour`` and ``motion`` (None for images). The groups and seed are kept beside the
+    captions (``mix_<split>.json``); a folder that holds a different mix is an error, not silently reused."""
     root = Path(root)
     cap_path = root / ("captions.jsonl" if split == "train" else f"captions_{split}.jsonl")
+    recipe = {"groups": [[int(v) for v in g] for g in groups], "seed": int(seed)}
+    recipe_path = root / f"mix_{split}.json"
     if cap_path.exists():
+        _check_mix(cap_path, recipe_path, recipe)
         return cap_path
     lines, index = [], 0
     total = sum(int(g[0]) for g in groups)
@@ -191,10 +196,27 @@ def generate_mix(root: str | os.PathLike, groups, *, seed: int = 0, split: str =
             index += 1
             bar.update()
     bar.close()
+    recipe_path.write_text(json.dumps(recipe))
     tmp = cap_path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, cap_path)
     return cap_path
+
+
+def _check_mix(cap_path: Path, recipe_path: Path, recipe: dict) -> None:
+    """An existing mixed set must be the one asked for (sets written before the recipe file: the clip count)."""
+    if recipe_path.exists():
+        held = json.loads(recipe_path.read_text())
+        if held != recipe:
+            raise ConfigError(f"{cap_path.parent}: holds the shapes mix {held['groups']} (seed {held['seed']}), "
+                              f"but config.data.mix asks for {recipe['groups']} (seed {recipe['seed']}); "
+                              "set config.data.root to a new folder or delete this one")
+        return
+    count = sum(1 for line in cap_path.read_text().splitlines() if line.strip())
+    wanted = sum(g[0] for g in recipe["groups"])
+    if count != wanted:
+        raise ConfigError(f"{cap_path}: holds {count} clips, but config.data.mix asks for {wanted} "
+                          f"({recipe['groups']}); set config.data.root to a new folder or delete this one")
 
 
 def generate(root: str | os.PathLike, *, num_clips: int = 2000, frames: int = 8, height: int = 32, width: int = 32,
