@@ -46,7 +46,7 @@ def test_bad_overrides_are_config_errors(override, message):
 def test_bucket_tables_override_by_entry_or_whole():
     stage1 = str(REPO / "configs/three_stage_shapes.py:stage1")
     c = load_config(stage1, ["data.bucket_config.64px.1=(0.5, 32)"])  # an int-keyed entry of a nested table
-    assert tuple(c.data.bucket_config["64px"][1]) == (0.5, 32) and tuple(c.data.bucket_config["32px"][1]) == (1.0, 32)
+    assert tuple(c.data.bucket_config["64px"][1]) == (0.5, 32) and tuple(c.data.bucket_config["96px"][1]) == (0.4, 8)
     c = load_config(stage1, ['data.bucket_config={"240p": {51: (1.0, 4)}}'])  # the whole table
     assert list(c.data.bucket_config) == ["240p"] and tuple(c.data.bucket_config["240p"][51]) == (1.0, 4)
     with pytest.raises(ConfigError, match=r"no such field; did you mean data.bucket_config.64px.1\?"):
