@@ -362,8 +362,8 @@ class CrossAttention(nnx.Module):
 
     def __call__(self, x: Array, y: Array, mask: Array | None) -> Array:
         q = rearrange(self.q_linear(x), "b n (h d) -> b 1 n h d", h=self.num_heads)
-        kv = rearrange(self.kv_linear(y), "b l (two h d) -> two b 1 l h d", two=2, h=self.num_heads)
-        o = attention(q, kv[0], kv[1], axis="spatial", mask=mask, impl=self.impl)
+        k, v = (rearrange(a, "b l (h d) -> b 1 l h d", h=self.num_heads) for a in jnp.split(self.kv_linear(y), 2, -1))
+        o = attention(q, k, v, axis="spatial", mask=mask, impl=self.impl)
         return self.proj(rearrange(o, "b 1 n h d -> b n (h d)"))
 
 
