@@ -157,6 +157,19 @@ def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> np.ndarray:
     return g / g.sum()
 
 
+def _blur_matrix(n: int, g: np.ndarray) -> np.ndarray:
+    """[n, n] matrix of the 1-D filter ``g`` over n samples with symmetric borders (``np.pad(mode="symmetric")``,
+    needs len(g) // 2 < n): ``blur(x) = M @ x``, one matmul instead of len(g) shifted slices."""
+    r = (len(g) - 1) // 2
+    m = np.zeros((n, n))
+    for i in range(n):
+        for k, w in enumerate(g):
+            j = i + k - r
+            j = -j - 1 if j < 0 else (2 * n - 1 - j if j >= n else j)
+            m[i, j] += w
+    return m
+
+
 def ssim(a, b, data_range: float = 1.0, sigma: float = 1.5):
     """Mean SSIM of images ``[..., H, W, C]`` (jax or numpy), per image -> ``[...]``.
 
@@ -167,17 +180,15 @@ def ssim(a, b, data_range: float = 1.0, sigma: float = 1.5):
     Differentiable, so it also serves as the ``ssim_weight`` loss term.
     """
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
-    g = jnp.asarray(_gaussian_window(sigma), jnp.float32)
-    r = (len(g) - 1) // 2
+    r = (len(_gaussian_window(sigma)) - 1) // 2
     H, W = a.shape[-3:-1]
     if H <= 2 * r or W <= 2 * r:
         raise ValueError(f"SSIM needs images larger than {2 * r + 1}×{2 * r + 1}, got {H}×{W}")
 
-    def blur(x):  # separable Gaussian filter over H and W, symmetric ('reflect' in scipy) borders
-        pad = [(0, 0)] * (x.ndim - 3) + [(r, r), (r, r), (0, 0)]
-        x = jnp.pad(x, pad, mode="symmetric")
-        x = sum(g[i] * x[..., i : i + H, :, :] for i in range(len(g)))
-        return sum(g[i] * x[..., :, i : i + W, :] for i in range(len(g)))
+    mh, mw = (jnp.asarray(_blur_matrix(n, _gaussian_window(sigma)), jnp.float32) for n in (H, W))
+
+    def blur(x):  # separable Gaussian filter over H and W, symmetric ('reflect' in scipy) borders: two matmuls
+        return jnp.einsum("jw,...iwc->...ijc", mw, jnp.einsum("ih,...hwc->...iwc", mh, x))
 
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mu_a, mu_b = blur(a), blur(b)
