@@ -191,6 +191,34 @@ def test_ssim_matches_scikit_image():
     assert train_vae.video_metrics(a[None], a[None])["psnr"] == pytest.approx(100.0)
 
 
+def test_ssim_blur_matrix_is_the_padded_filter():
+    """SSIM's Gaussian blur is one banded matrix per axis: the same as padding symmetrically and filtering, on
+    non-square images too (rows and columns not swapped)."""
+    g = train_vae._gaussian_window(1.5)
+    r = len(g) // 2
+    rs = np.random.RandomState(1)
+    for n in (12, 33):
+        x = rs.rand(n)
+        ref = np.convolve(np.pad(x, r, mode="symmetric"), g[::-1], mode="valid")
+        np.testing.assert_allclose(train_vae._blur_matrix(n, g) @ x, ref, atol=1e-12)
+
+    def ssim_ref(a, b):  # the textbook form: pad, slide the 1-D window over rows then columns
+        def blur(x):
+            x = np.pad(x, [(r, r), (r, r), (0, 0)], mode="symmetric")
+            x = sum(g[i] * x[i : i + a.shape[0]] for i in range(len(g)))
+            return sum(g[i] * x[:, i : i + a.shape[1]] for i in range(len(g)))
+
+        mu_a, mu_b = blur(a), blur(b)
+        var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+        s = (2 * mu_a * mu_b + 1e-4) * (2 * cov + 9e-4) / ((mu_a**2 + mu_b**2 + 1e-4) * (var_a + var_b + 9e-4))
+        return s[r:-r, r:-r].mean()
+
+    a = rs.rand(24, 40, 3)
+    b = np.clip(a + 0.2 * rs.randn(*a.shape), 0, 1)
+    b[2:10, 5:30] = 0.1
+    assert float(train_vae.ssim(a, b)) == pytest.approx(ssim_ref(a, b), abs=1e-5)
+
+
 @pytest.mark.parametrize("stride", [(1, 1, 1), (2, 2, 2), (1, 2, 2)])
 def test_folded_causal_conv_equals_3d_conv(stride):
     """On CPU CausalConv3d stacks its time taps into channels for a 2D conv: the same numbers as the 3D conv."""
