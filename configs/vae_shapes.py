@@ -114,7 +114,6 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.train.crop_prob = 0.5  # half the windows cropped from 64×64 / 64×96 clips at their own scale, not resized
         c.train.latent_norm = True  # unit-variance latents for the denoiser: stills' shape 52% -> 60% after stage 1
         c.loss.image_weight = 0.5
-        c.loss.ssim_weight = 1.0  # sharp corners: moving squares' reconstructions fill their box 0.88-0.91 with MSE
         c.eval.every = 1000
     elif arg == "quick":  # CI-sized: same code path, seconds
         c.name = "vae_shapes_quick"
