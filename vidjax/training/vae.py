@@ -180,12 +180,13 @@ def ssim(a, b, data_range: float = 1.0, sigma: float = 1.5):
     Differentiable, so it also serves as the ``ssim_weight`` loss term.
     """
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
-    r = (len(_gaussian_window(sigma)) - 1) // 2
+    g = _gaussian_window(sigma)
+    r = (len(g) - 1) // 2
     H, W = a.shape[-3:-1]
     if H <= 2 * r or W <= 2 * r:
         raise ValueError(f"SSIM needs images larger than {2 * r + 1}×{2 * r + 1}, got {H}×{W}")
 
-    mh, mw = (jnp.asarray(_blur_matrix(n, _gaussian_window(sigma)), jnp.float32) for n in (H, W))
+    mh, mw = (jnp.asarray(_blur_matrix(n, g), jnp.float32) for n in (H, W))
 
     def blur(x):  # separable Gaussian filter over H and W, symmetric ('reflect' in scipy) borders: two matmuls
         return jnp.einsum("jw,...iwc->...ijc", mw, jnp.einsum("ih,...hwc->...iwc", mh, x))
