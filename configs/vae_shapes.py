@@ -114,7 +114,6 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.train.crop_prob = 0.5  # half the windows cropped from 64×64 / 64×96 clips at their own scale, not resized
         c.train.latent_norm = True  # unit-variance latents for the denoiser: stills' shape 52% -> 60% after stage 1
         c.loss.image_weight = 0.5
-        c.loss.l1 = 1.0  # + L1 on top of L2: sharper edges. Moving squares kept at 2,000 steps: 98% (L2 alone 82%)
         c.eval.every = 1000
     elif arg == "quick":  # CI-sized: same code path, seconds
         c.name = "vae_shapes_quick"
