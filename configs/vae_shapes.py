@@ -63,6 +63,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
         kl_weight=1e-6,  # LDM / Open-Sora's weight on the summed KL (divided by pixels like the recon terms)
         sample_posterior=True,  # decode a posterior sample (False: the mean, a plain autoencoder + KL term)
         image_weight=0.0,  # + a random frame of each clip reconstructed alone, as a still image (1-frame video)
+        image_l1=None,  # the still-image term's L1 / L2 weights (None: the same as l1 / l2)
+        image_l2=None,
         ssim_weight=0.0,  # optional structural (perceptual-style) term: weight · (1 - SSIM)
         adversarial_weight=0.0,  # optional hinge PatchGAN term, from step adversarial_start
         adversarial_start=0,
@@ -114,6 +116,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.train.crop_prob = 0.5  # half the windows cropped from 64×64 / 64×96 clips at their own scale, not resized
         c.train.latent_norm = True  # unit-variance latents for the denoiser: stills' shape 52% -> 60% after stage 1
         c.loss.image_weight = 0.5
+        c.loss.l1, c.loss.image_l1 = 1.0, 0.0  # L1 on clips sharpens moving edges; stills keep the L2 term alone
         c.eval.every = 1000
     elif arg == "quick":  # CI-sized: same code path, seconds
         c.name = "vae_shapes_quick"

@@ -173,6 +173,19 @@ def test_image_term_reconstructs_one_frame_alone_as_a_still(tmp_path):
     lo = c.loss
     clip_loss = lo.l1 * m["l1"] + lo.l2 * m["l2"] + lo.kl_weight * m["kl"] / x[0].size
     assert float(m["loss"] - clip_loss) == pytest.approx(0.5 * image_l2, rel=1e-3)  # + the still's tiny KL term
+    # image_l1 / image_l2 weigh the still's term on their own: L1 on clips, L2 alone on the still
+    c.loss.update(l1=1.0, image_l1=0.0, image_l2=2.0)
+    _, m = jax.jit(train_vae.make_train_step(parts, tx, "causal_vae", c.loss, 0.99))(state, x, rng)
+    clip_loss = lo.l1 * m["l1"] + lo.l2 * m["l2"] + lo.kl_weight * m["kl"] / x[0].size
+    assert float(m["image_l2"]) == pytest.approx(image_l2, rel=1e-5)  # same frame, same weights
+    assert float(m["loss"] - clip_loss) == pytest.approx(0.5 * 2.0 * image_l2, rel=1e-3)
+    assert train_vae.image_weights(c.loss) == (0.0, 2.0)
+    c.loss.image_l1 = None
+    assert train_vae.image_weights(c.loss) == (1.0, 2.0)  # unset: the clip's L1 weight
+    c.loss.image_l1 = -0.5
+    with pytest.raises(ValueError, match=r"config.loss.image_l1=-0.5 must be >= 0"):
+        train_vae.check_config(c)
+    c.loss.image_l1 = None
     c.loss.image_weight = -1.0
     with pytest.raises(ValueError, match=r"config.loss.image_weight=-1.0 must be >= 0"):
         train_vae.check_config(c)

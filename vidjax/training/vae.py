@@ -21,7 +21,8 @@ The loss, per pixel (videos in [-1, 1]):
                                                         ``sample_posterior=False``)
     ``+ commitment``                                    (VQ-VAE: the model's weighted commitment loss)
     ``+ adversarial_weight · -D(x̂)``                    (from step ``adversarial_start``; hinge PatchGAN)
-    ``+ image_weight · (l1 · |f - f̂| + l2 · (f - f̂)²)``   (one random frame f of each clip as a still image)
+    ``+ image_weight · (image_l1 · |f - f̂| + image_l2 · (f - f̂)²)``   (one random frame f of each clip as a
+                                                        still image; image_l1 / image_l2 default to l1 / l2)
 
 Images pass through a causal VAE as 1-frame videos, front-padded with zeros to the temporal factor, which
 clip windows never show it; Open-Sora v1.2 trains its VAE on images too (``mixed_strategy``). With
@@ -96,12 +97,21 @@ def check_config(config) -> None:
     if image_weight and kind != "causal_vae":
         raise ConfigError(f"config.loss.image_weight={image_weight}: still images are trained with the causal_vae "
                           f"only, not config.vae.type={kind!r}")
+    for key in ("image_l1", "image_l2"):
+        if lo.get(key) is not None and lo[key] < 0:
+            raise ConfigError(f"config.loss.{key}={lo[key]} must be >= 0 (or None: the same as loss.{key[6:]})")
     if lo.l1 + lo.l2 + lo.ssim_weight == 0:
         raise ConfigError("config.loss: l1, l2 and ssim_weight are all 0: nothing to reconstruct with")
     d = config.data
     for name, n in (("frames", d.frames), ("height", d.height), ("width", d.width)):
         if n < 1:
             raise ConfigError(f"config.data.{name}={n} must be positive")
+
+
+def image_weights(lo) -> tuple[float, float]:
+    """The still-image term's (L1, L2) weights: ``loss.image_l1`` / ``loss.image_l2``, or the clip's when unset."""
+    pick = [lo.get(f"image_{k}") for k in ("l1", "l2")]
+    return (lo.l1 if pick[0] is None else pick[0]), (lo.l2 if pick[1] is None else pick[1])
 
 
 def vae_entry(config) -> dict:
@@ -270,7 +280,8 @@ def make_train_step(parts: ModelParts, tx, kind: str, loss_cfg, ema_decay: float
                 f_reg = lo.kl_weight * jnp.mean(gaussian_kl(f_mean, f_logvar)) / math.prod(f.shape[1:])
                 f_err = f_recon - f
                 image_l2 = jnp.mean(jnp.square(f_err))
-                loss = loss + lo.image_weight * (lo.l1 * jnp.mean(jnp.abs(f_err)) + lo.l2 * image_l2 + f_reg)
+                f_l1, f_l2 = image_weights(lo)
+                loss = loss + lo.image_weight * (f_l1 * jnp.mean(jnp.abs(f_err)) + f_l2 * image_l2 + f_reg)
                 aux["image_l2"] = image_l2
             if adversarial:
                 g_adv = -jnp.mean(disc.merge(state["params"]["disc"])(recon))
