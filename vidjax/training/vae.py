@@ -110,8 +110,8 @@ def check_config(config) -> None:
 
 def image_weights(lo) -> tuple[float, float]:
     """The still-image term's (L1, L2) weights: ``loss.image_l1`` / ``loss.image_l2``, or the clip's when unset."""
-    pick = [lo.get(f"image_{k}") for k in ("l1", "l2")]
-    return (lo.l1 if pick[0] is None else pick[0]), (lo.l2 if pick[1] is None else pick[1])
+    l1, l2 = lo.get("image_l1"), lo.get("image_l2")
+    return (lo.l1 if l1 is None else l1), (lo.l2 if l2 is None else l2)
 
 
 def vae_entry(config) -> dict:
