@@ -519,3 +519,42 @@ def test_training_reads_a_packed_dataset(tmp_path):
     bad = quick_config(tmp_path, **{"data.packed": str(tmp_path / "packed"), "data.height": 64})
     with pytest.raises(ConfigError, match="do not include the training size"):
         run(bad, tmp_path / "w3")
+
+
+def test_cpu_compiler_options_reach_the_train_step_and_bad_ones_are_one_line(tmp_path, monkeypatch):
+    from vidjax.parallel.mesh import make_mesh
+    from vidjax.training import loop
+
+    # the jitted step compiles with the options: XLA's CPU library fusions off -> no YNNPACK fusion left
+    mesh = make_mesh(None, devices=jax.devices()[:1])
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def step(state, batch, rng):  # one gradient step of a 2-layer tanh MLP
+        loss, g = jax.value_and_grad(lambda w: jnp.mean(jnp.tanh(batch["x"] @ w) @ w))(state["w"])
+        return {"w": state["w"] - 1e-3 * g}, {"loss": loss}
+
+    args = ({"w": jnp.ones((128, 128))}, {"x": jnp.ones((256, 128))}, 0)
+    texts = {}
+    for name, opts in (("default", None), ("off", {"xla_cpu_experimental_ynn_fusion_type": ""})):
+        jitted = loop.jit_train_step(step, {"w": rep}, {"x": 2}, mesh, 0, compiler_options=opts)
+        texts[name] = jitted.lower(*args).compile().as_text()
+    assert "__ynn_fusion" not in texts["off"]
+    if "__ynn_fusion" in texts["default"]:  # this jaxlib hands dots to YNNPACK by default: the option changed that
+        assert texts["off"] != texts["default"]
+
+    # the loop passes config.train.cpu_compiler_options to the step it jits
+    seen = []
+    real = loop.jit_train_step
+    monkeypatch.setattr(loop, "jit_train_step", lambda *a, **k: seen.append(a[6:] + tuple(k.values())) or real(*a, **k))
+    opts = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+    c = quick_config(tmp_path, **{"train.steps": 1})
+    c.train.cpu_compiler_options = opts
+    run(c, tmp_path / "w")
+    assert seen == [(opts,)]
+
+    # a misspelt option stops the run before any data work, on one line naming the field
+    c = quick_config(tmp_path / "bad")
+    c.train.cpu_compiler_options = {"xla_cpu_no_such_option": "1"}
+    with pytest.raises(ConfigError, match="config.train.cpu_compiler_options") as e:
+        run(c, tmp_path / "bad" / "w")
+    assert "\n" not in str(e.value) and not (tmp_path / "bad" / "data").exists()

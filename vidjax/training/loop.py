@@ -131,6 +131,23 @@ def check_train_settings(config) -> None:
                           f"config.train.grad_accum={accum}")
 
 
+def cpu_compiler_options(config) -> dict[str, str]:
+    """``config.train.cpu_compiler_options`` when the step compiles for a CPU, else ``{}``: XLA options for the
+    train step (``jax.jit``'s ``compiler_options``; XLA flag names without ``--``). Each is tried once on a
+    trivial function, so a misspelt name or value is a one-line error. Call after ``jax.distributed``
+    starts (it starts the backend)."""
+    options = config.train.get("cpu_compiler_options", None) or {}
+    if jax.default_backend() != "cpu" or not options:
+        return {}
+    options = {str(k): str(v) for k, v in dict(options).items()}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=options).lower(np.float32(0)).compile()
+    except Exception as e:  # XLA's INVALID_ARGUMENT / NOT_FOUND for an unknown option or value
+        raise ConfigError(f"config.train.cpu_compiler_options={options}: XLA rejects it: "
+                          + " ".join(str(e).split())) from None
+    return options
+
+
 def setup_logging(workdir: Path) -> None:
     """``train.log`` in ``workdir`` (``train_process<i>.log`` on other processes); a later run in the same
     process (stage 0, then the denoiser) logs to its own file."""
@@ -226,11 +243,11 @@ def check_same_model(stored: dict, config, sections: tuple[str, ...], where: str
 
 
 def jit_train_step(step: Callable, shardings: dict, batch_ndims: dict[str, int], mesh, seed: int,
-                   traces: list | None = None):
+                   traces: list | None = None, compiler_options: dict[str, str] | None = None):
     """The step as the loop runs it: ``(state, batch, step_index) -> (state, metrics)``, jitted on ``mesh`` with
     the state's shardings (donated), the batch over ``data × fsdp``, and the rng ``fold_in(key(seed), step)``
     computed inside (no host-side key to place). Each trace (one per new batch shape) appends the batch's shapes
-    to ``traces``."""
+    to ``traces``; ``compiler_options`` go to XLA (see :func:`cpu_compiler_options`)."""
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     b_sh = {k: shd.batch_sharding(mesh, n) for k, n in batch_ndims.items()}
 
@@ -240,7 +257,7 @@ def jit_train_step(step: Callable, shardings: dict, batch_ndims: dict[str, int],
         return step(state, batch, jax.random.fold_in(jax.random.key(seed), index))
 
     return jax.jit(step_on_mesh, in_shardings=(shardings, b_sh, rep), out_shardings=(shardings, rep),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,), compiler_options=compiler_options or None)
 
 
 def _finished_summary(workdir: Path, steps: int) -> dict | None:
@@ -264,6 +281,7 @@ def fit(task: Task, config, workdir: str | Path) -> dict:
     check_train_settings(config)
     check_writable(workdir, what="workdir")
     distributed.initialize(config)
+    cpu_compiler_options(config)  # a bad option stops here, before any data work
     primary = distributed.is_primary()
     setup_logging(workdir)
     t = config.train
@@ -349,7 +367,8 @@ def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
         mx.truncate_after(curve_path, start)
 
     traces: list[dict] = []
-    jit_step = jit_train_step(setup.step, setup.shardings, setup.batch_ndims, mesh, seed, traces)
+    jit_step = jit_train_step(setup.step, setup.shardings, setup.batch_ndims, mesh, seed, traces,
+                              cpu_compiler_options(config))
     peak, peak_source = mx.peak_flops_per_device() if (setup.flops_per_sample or setup.cost) else (0.0, "")
     if peak:
         log.info("MFU against %.3g FLOP/s per device (%s) × %d devices", peak, peak_source, mesh.size)
