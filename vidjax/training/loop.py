@@ -281,7 +281,7 @@ def fit(task: Task, config, workdir: str | Path) -> dict:
     check_train_settings(config)
     check_writable(workdir, what="workdir")
     distributed.initialize(config)
-    cpu_compiler_options(config)  # a bad option stops here, before any data work
+    compiler_options = cpu_compiler_options(config)  # a bad option stops here, before any data work
     primary = distributed.is_primary()
     setup_logging(workdir)
     t = config.train
@@ -301,7 +301,7 @@ def fit(task: Task, config, workdir: str | Path) -> dict:
         summary = {"task": task.kind, **task.prepare(run)}
         if stop.requested:
             return _interrupted(summary, workdir, primary, "before training")
-        return _train(task, run, summary, t_start)
+        return _train(task, run, summary, t_start, compiler_options)
 
 
 def _bucket_row(b: dict, peak: float) -> dict:
@@ -323,7 +323,7 @@ def _interrupted(summary: dict, workdir: Path, primary: bool, where: str) -> dic
     return summary
 
 
-def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
+def _train(task: Task, run: Run, summary: dict, t_start: float, compiler_options: dict[str, str]) -> dict:
     config, workdir, mesh, primary = run.config, run.workdir, run.mesh, run.primary
     t = config.train
     setup = task.setup(run)
@@ -368,7 +368,7 @@ def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
 
     traces: list[dict] = []
     jit_step = jit_train_step(setup.step, setup.shardings, setup.batch_ndims, mesh, seed, traces,
-                              cpu_compiler_options(config))
+                              compiler_options)
     peak, peak_source = mx.peak_flops_per_device() if (setup.flops_per_sample or setup.cost) else (0.0, "")
     if peak:
         log.info("MFU against %.3g FLOP/s per device (%s) × %d devices", peak, peak_source, mesh.size)
