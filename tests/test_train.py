@@ -89,7 +89,7 @@ def test_rerunning_a_finished_run_keeps_its_summary(full_run):
     assert (tmp / "work" / "summary.json").read_text() == before
 
 
-def test_stage0_trains_the_vae_then_the_denoiser_in_its_latents(tmp_path):
+def test_stage0_trains_the_vae_then_the_denoiser_in_its_latents(tmp_path, monkeypatch):
     """The default pipeline's shape: ``vae.type="checkpoint"`` with a ``train_config`` trains that VAE on the
     same clips first, then the denoiser on its latents; once the VAE is there, it is not trained again."""
     from ml_collections import ConfigDict
@@ -107,6 +107,23 @@ def test_stage0_trains_the_vae_then_the_denoiser_in_its_latents(tmp_path):
     assert meta["vae_stage"]["psnr"] == summary["vae_stage"]["psnr"]
     # latent precompute (data.cache_latents, on by default) trains on exactly what encoding every batch gives
     assert "latent precompute: 64 clips encoded" in (tmp_path / "work" / "train.log").read_text()
+    # the precompute's encoder compiles with the run's XLA options (config.train.cpu_compiler_options), as the
+    # train step does: XLA's CPU library fusions off -> no YNNPACK fusion in it
+    from vidjax.training import loop
+
+    compiled = []
+    real_jit = loop.Run.jit
+    monkeypatch.setattr(loop.Run, "jit", lambda self, fn, **kw: compiled.append((fn, self.compiler_options))
+                        or real_jit(self, fn, **kw))
+    c.train.cpu_compiler_options = {"xla_cpu_experimental_ynn_fusion_type": ""}
+    run(c, tmp_path / "off")
+    encoders = [(fn, opts) for fn, opts in compiled if getattr(fn, "__name__", "") == "encode"]
+    assert [opts for _, opts in encoders] == [{"xla_cpu_experimental_ynn_fusion_type": ""}]
+    x = np.zeros((1, c.data.frames, c.data.height, c.data.width, 3), np.float32)
+    assert "__ynn_fusion" not in real_jit(loop.Run(*[None] * 6, compiler_options=encoders[0][1]),
+                                          encoders[0][0]).lower(x).compile().as_text()
+    assert losses(tmp_path / "off").keys() == losses(tmp_path / "work").keys()
+    c.train.cpu_compiler_options = {}
     c.data.cache_latents = False
     online = run(c, tmp_path / "online")
     assert online["vae_stage"]["psnr"] == summary["vae_stage"]["psnr"]  # read back from the VAE's own summary

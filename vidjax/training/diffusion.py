@@ -260,7 +260,7 @@ class DiffusionTask:
                 log.warning("config.data.cache_latents: the clips are not held in memory; encoding every batch")
             else:
                 t_enc = time.time()
-                latents = encode_buckets(jax.jit(vae.encode), clips, assignments, d.frame_interval,
+                latents = encode_buckets(run.jit(vae.encode), clips, assignments, d.frame_interval,
                                          progress=run.progress)
                 key, load = "latent", latent_loader(records, latents)
                 log.info("latent precompute: %d clips in %.1f s", sum(a is not None for a in assignments),
@@ -313,7 +313,7 @@ class DiffusionTask:
                             "cache_in_memory is off or they exceed 2 GiB); encoding every batch instead")
             else:  # latent precompute: the frozen VAE encodes each clip once, the step skips the encoder
                 t_enc = time.time()
-                latents = encode_clips(jax.jit(vae.encode), clips, d.frames, d.height, d.width, d.frame_interval,
+                latents = encode_clips(run.jit(vae.encode), clips, d.frames, d.height, d.width, d.frame_interval,
                                        progress=run.progress)
                 source = VideoSource(records, latents, latents=True)
                 log.info("latent precompute: %d clips encoded to %s in %.1f s", len(latents), latents[0].shape,

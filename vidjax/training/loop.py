@@ -65,6 +65,12 @@ class Run:
     progress: bool
     stop: Preemption
     writer: Any = None
+    compiler_options: dict[str, str] = dataclasses.field(default_factory=dict)  # see cpu_compiler_options
+
+    def jit(self, fn: Callable, **kw) -> Callable:
+        """``jax.jit`` with the run's XLA options, for a task's own hot paths (the latent precompute, evaluation
+        reconstructions): they compile as the train step does."""
+        return jax.jit(fn, compiler_options=self.compiler_options or None, **kw)
 
 
 @dataclasses.dataclass
@@ -133,9 +139,9 @@ def check_train_settings(config) -> None:
 
 def cpu_compiler_options(config) -> dict[str, str]:
     """``config.train.cpu_compiler_options`` when the step compiles for a CPU, else ``{}``: XLA options for the
-    train step (``jax.jit``'s ``compiler_options``; XLA flag names without ``--``). Each is tried once on a
-    trivial function, so a misspelt name or value is a one-line error. Call after ``jax.distributed``
-    starts (it starts the backend)."""
+    train step and the task's other jits (``Run.jit``; ``jax.jit``'s ``compiler_options``, XLA flag names without
+    ``--``). Each is tried once on a trivial function, so a misspelt name or value is a one-line error. Call after
+    ``jax.distributed`` starts (it starts the backend)."""
     options = config.train.get("cpu_compiler_options", None) or {}
     if jax.default_backend() != "cpu" or not options:
         return {}
@@ -297,11 +303,12 @@ def fit(task: Task, config, workdir: str | Path) -> dict:
         jax.config.update("jax_compilation_cache_dir", str(Path(cache).expanduser().absolute()))
     mesh = make_mesh(config)
     with Preemption() as stop:
-        run = Run(config, workdir, mesh, primary, bool(config.progress) and primary, stop)
+        run = Run(config, workdir, mesh, primary, bool(config.progress) and primary, stop,
+                  compiler_options=compiler_options)
         summary = {"task": task.kind, **task.prepare(run)}
         if stop.requested:
             return _interrupted(summary, workdir, primary, "before training")
-        return _train(task, run, summary, t_start, compiler_options)
+        return _train(task, run, summary, t_start)
 
 
 def _bucket_row(b: dict, peak: float) -> dict:
@@ -323,7 +330,7 @@ def _interrupted(summary: dict, workdir: Path, primary: bool, where: str) -> dic
     return summary
 
 
-def _train(task: Task, run: Run, summary: dict, t_start: float, compiler_options: dict[str, str]) -> dict:
+def _train(task: Task, run: Run, summary: dict, t_start: float) -> dict:
     config, workdir, mesh, primary = run.config, run.workdir, run.mesh, run.primary
     t = config.train
     setup = task.setup(run)
@@ -368,7 +375,7 @@ def _train(task: Task, run: Run, summary: dict, t_start: float, compiler_options
 
     traces: list[dict] = []
     jit_step = jit_train_step(setup.step, setup.shardings, setup.batch_ndims, mesh, seed, traces,
-                              compiler_options)
+                              run.compiler_options)
     peak, peak_source = mx.peak_flops_per_device() if (setup.flops_per_sample or setup.cost) else (0.0, "")
     if peak:
         log.info("MFU against %.3g FLOP/s per device (%s) × %d devices", peak, peak_source, mesh.size)

@@ -476,7 +476,7 @@ class VAETask:
         log.info("%s: %.2fM parameters, %d×%d×%d compression, latents %s×%d", kind, self.n_params / 1e6, ft, fh, fw,
                  self.latent, model.latent_channels)
         step_fn = make_train_step(parts, tx, kind, lo, t.ema_decay, disc, disc_tx, micro)
-        self.reconstruct = jax.jit(make_reconstruct(parts))
+        self.reconstruct = run.jit(make_reconstruct(parts))
         return loop.Setup(state=state, shardings=shardings, step=lambda s, b, r: step_fn(s, b["video"], r),
                           source=VideoSource(records, clips), transform=transform, batch_ndims={"video": 5},
                           eval_every=e.every, params=self.n_params,
