@@ -9,6 +9,9 @@ Measures on this machine, after one warm-up call each (medians of ``--repeats``)
   * the VAE: clips/s for encode and decode of 8×32×32 clips, batch 16;
   * compiling the train step for a new bucket shape (16×64×64 latents of the default VAE), cold and again from
     JAX's persistent compilation cache in a second process (what a bucketed run pays per new shape);
+  * the latent precompute of ``configs/three_stage_shapes.py`` (``--only precompute``): its VAE encoding batches of 16
+    clips of its bucket sizes, with XLA's default CPU kernels and with the config's ``train.cpu_compiler_options``
+    (the run compiles the precompute with them, ``Run.jit``), alternating in one process;
   * STDiT against the full-attention DiT of the same width at 64 latent frames (64×16×16×4, patch 1×2×2: 4,096
     tokens; width 256, 4 heads, depth 2, batch 1): forward + backward time, next to the ratio of their FLOPs.
 Random weights unless ``--workdir``: speed does not depend on the values. Prints a markdown table.
@@ -82,6 +85,33 @@ def vae_speed(repeats: int) -> list[dict]:
                      ("VAE decode 8×32×32", lambda: jax.block_until_ready(dec(z)))):
         s = _median_seconds(fn, repeats)
         out.append({"what": name, "clips_per_s": 16 / s, "seconds": s})
+    return out
+
+
+def precompute_options(repeats: int) -> list[dict]:
+    """The three-stage twin's VAE encode per bucket size, XLA's default kernels vs the config's CPU options."""
+    import jax
+
+    from vidjax.config import load_config
+    from vidjax.models.vae import build_vae
+
+    c = load_config("configs/three_stage_shapes.py")
+    options = {str(k): str(v) for k, v in c.train.cpu_compiler_options.items()}
+    vae = build_vae(dict(type="causal_vae", model=load_config(c.vae.train_config).vae.model.to_dict()))
+    default, tuned = jax.jit(vae.encode), jax.jit(vae.encode, compiler_options=options)
+    rng, out = np.random.default_rng(0), []
+    for t, h, w in ((16, 64, 64), (16, 64, 96), (1, 64, 64)):
+        x = rng.uniform(-1, 1, (16, t, h, w, 3)).astype(np.float32)
+        jax.block_until_ready((default(x), tuned(x)))  # compile both
+        times: dict = {"default": [], "tuned": []}
+        for _ in range(repeats):  # alternating, so both see the same machine
+            for name, fn in (("default", default), ("tuned", tuned)):
+                start = time.perf_counter()
+                jax.block_until_ready(fn(x))
+                times[name].append(time.perf_counter() - start)
+        d, o = float(np.median(times["default"])), float(np.median(times["tuned"]))
+        out.append({"what": f"precompute encode {t}×{h}×{w}, batch 16: XLA default {d:.3f} s, with {options} "
+                            f"{o:.3f} s", "time_ratio": o / d, "seconds": o})
     return out
 
 
@@ -166,10 +196,10 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="a trained shapes run (default: random weights)")
     p.add_argument("--prompts", type=int, default=48)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", choices=["dit_vs_stdit"], default=None, help="run one part")
+    p.add_argument("--only", choices=["dit_vs_stdit", "precompute"], default=None, help="run one part")
     a = p.parse_args()
-    if a.only == "dit_vs_stdit":
-        for r in dit_vs_stdit(a.repeats):
+    if a.only:
+        for r in {"dit_vs_stdit": dit_vs_stdit, "precompute": precompute_options}[a.only](a.repeats):
             print(r)
         return
     rows = [sampling("", a.workdir, a.prompts, a.repeats)]
