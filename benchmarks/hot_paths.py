@@ -94,9 +94,10 @@ def precompute_options(repeats: int) -> list[dict]:
 
     from vidjax.config import load_config
     from vidjax.models.vae import build_vae
+    from vidjax.training.loop import cpu_compiler_options
 
     c = load_config("configs/three_stage_shapes.py")
-    options = {str(k): str(v) for k, v in c.train.cpu_compiler_options.items()}
+    options = cpu_compiler_options(c)  # as the run reads them (checked; {} off a CPU)
     vae = build_vae(dict(type="causal_vae", model=load_config(c.vae.train_config).vae.model.to_dict()))
     default, tuned = jax.jit(vae.encode), jax.jit(vae.encode, compiler_options=options)
     rng, out = np.random.default_rng(0), []

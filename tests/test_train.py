@@ -111,17 +111,20 @@ def test_stage0_trains_the_vae_then_the_denoiser_in_its_latents(tmp_path, monkey
     # train step does: XLA's CPU library fusions off -> no YNNPACK fusion in it
     from vidjax.training import loop
 
-    compiled = []
+    compiled = []  # (function, the run's options, what Run.jit made of it)
     real_jit = loop.Run.jit
-    monkeypatch.setattr(loop.Run, "jit", lambda self, fn, **kw: compiled.append((fn, self.compiler_options))
-                        or real_jit(self, fn, **kw))
+
+    def spy(self, fn, **kw):
+        compiled.append((fn, self.compiler_options, real_jit(self, fn, **kw)))
+        return compiled[-1][2]
+
+    monkeypatch.setattr(loop.Run, "jit", spy)
     c.train.cpu_compiler_options = {"xla_cpu_experimental_ynn_fusion_type": ""}
     run(c, tmp_path / "off")
-    encoders = [(fn, opts) for fn, opts in compiled if getattr(fn, "__name__", "") == "encode"]
-    assert [opts for _, opts in encoders] == [{"xla_cpu_experimental_ynn_fusion_type": ""}]
+    encoders = [(opts, jitted) for fn, opts, jitted in compiled if getattr(fn, "__name__", "") == "encode"]
+    assert [opts for opts, _ in encoders] == [{"xla_cpu_experimental_ynn_fusion_type": ""}]
     x = np.zeros((1, c.data.frames, c.data.height, c.data.width, 3), np.float32)
-    assert "__ynn_fusion" not in real_jit(loop.Run(*[None] * 6, compiler_options=encoders[0][1]),
-                                          encoders[0][0]).lower(x).compile().as_text()
+    assert "__ynn_fusion" not in encoders[0][1].lower(x).compile().as_text()
     assert losses(tmp_path / "off").keys() == losses(tmp_path / "work").keys()
     c.train.cpu_compiler_options = {}
     c.data.cache_latents = False
