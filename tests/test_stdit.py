@@ -21,11 +21,13 @@ from vidjax.models.dit import CONDITIONINGS, DiT, dit_config
 from vidjax.models.layers import (
     CrossAttention,
     SelfAttention,
+    add_bias,
     dot_general_f32_accumulate,
     expand,
     gate,
     linear,
     modulate,
+    sum_f32,
     xla_attention,
 )
 from vidjax.models.stdit import (
@@ -330,7 +332,8 @@ def test_linear_bias_gradient_sums_in_fp32():
         got = nnx.grad(loss)(layer)
         cotangent = c.astype(dtype).astype(jnp.float32)  # d loss / d output, in the layer's dtype
         assert got["bias"].value.dtype == jnp.float32
-        np.testing.assert_allclose(got["bias"].value, cotangent.sum((0, 1, 2)), rtol=1e-6, atol=1e-5)
+        exact = np.asarray(cotangent, np.float64).sum((0, 1, 2))  # sum_f32 accumulates 288 terms in float32
+        np.testing.assert_allclose(got["bias"].value, exact, rtol=1e-6, atol=3e-5)
         want = nnx.grad(loss)(plain)
         np.testing.assert_allclose(got["kernel"].value, want["kernel"].value, rtol=1e-6, atol=1e-6)
 
@@ -349,6 +352,33 @@ def test_adaln_vectors_broadcast_with_fp32_gradient_sums():
     assert got.dtype == jnp.bfloat16 and got.shape == shift.shape
     want = c.astype(jnp.bfloat16).astype(jnp.float32).sum((1, 2), keepdims=True)
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want.astype(jnp.bfloat16), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_bias_and_adaln_gradients_sum_as_dots_with_ones(dtype):
+    """The bias and adaLN-vector gradients are dots with ones (sum_f32), in float32, for both dtypes: no
+    reduce of the token axes is left for XLA's CPU backend to turn into slow strided reduce-windows."""
+    rng = np.random.default_rng(5)
+    y = jnp.asarray(rng.normal(size=(2, 3, 40, 16)), dtype)
+    b = jnp.asarray(rng.normal(size=(16,)), jnp.float32)
+    v = jnp.asarray(rng.normal(size=(2, 1, 1, 16)), dtype)
+    c = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+
+    def loss(b, v):
+        return jnp.sum(modulate(add_bias(y, b), v, v).astype(jnp.float32) * c)
+
+    got = jax.grad(loss, (0, 1))(b, v)
+    want = jax.grad(lambda b, v: jnp.sum(((y.astype(jnp.float32) + b) * (1 + v) + v) * c), (0, 1))(
+        b, v.astype(jnp.float32))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=2e-2 if dtype == jnp.bfloat16 else 1e-5,
+                                   atol=0.5 if dtype == jnp.bfloat16 else 1e-4)
+    np.testing.assert_allclose(sum_f32(c, (0, 2)), c.sum((0, 2)), rtol=1e-5, atol=1e-5)
+    compiled = jax.jit(jax.grad(loss, (0, 1))).lower(b, v).compile().as_text()
+    assert "reduce-window" not in compiled
+    sums = [e for e in dot_eqns(jax.make_jaxpr(jax.grad(loss, (0, 1)))(b, v).jaxpr)
+            if e.params["preferred_element_type"] == jnp.float32]
+    assert len(sums) >= 3, sums  # the bias sum and the two adaLN vectors' sums
 
 
 @pytest.mark.parametrize("axis", ["spatial", "temporal"])

@@ -82,31 +82,48 @@ def _mixed_linear_bwd(res, g: Array):
 _mixed_linear.defvjp(_mixed_linear_fwd, _mixed_linear_bwd)
 
 
-def add_bias(y: Array, b: Array) -> Array:
-    """``y + b`` over the last axis, in y's dtype; a low-precision y's bias gradient is summed in float32.
+def sum_f32(g: Array, axes: tuple[int, ...]) -> Array:
+    """``g`` summed over ``axes`` in float32, as a dot with ones; g: [..., C] -> g's other axes (C is never summed).
 
-    Autodiff would sum a bfloat16 cotangent over every token with XLA's precision-keeping tree reduction, which
-    XLA's CPU backend runs as slow strided reduce-windows (8% of the bfloat16 mid step of
-    ``benchmarks/step_vs_torch.py``). Summing the cotangent in float32 directly is a plain reduce, and the sum
-    is no longer rounded to bfloat16 on its way to the float32 parameter. Float32 layers are unchanged.
+    XLA's CPU backend turns every large float reduce into a precision-keeping tree of strided reduce-windows,
+    which are slow (a [16, 64, 512] bfloat16 sum: 0.94 ms as a reduce, 0.21 ms as this dot). A dot with ones
+    accumulates in float32 like the matmuls around it; the kept axes other than C are the dot's batch axes, so
+    no operand is transposed. Float32 inputs ask for full precision (TPUs would otherwise round them to bfloat16).
     """
-    return y + b if y.dtype == b.dtype == jnp.float32 else _add_bias_f32_grad(y, b)
+    assert g.ndim - 1 not in axes, "sum_f32 keeps the last axis"
+    if not axes:
+        return g.astype(jnp.float32)
+    batch = tuple(i for i in range(g.ndim - 1) if i not in axes)
+    ones = jnp.ones(g.shape[:-1], g.dtype)
+    precision = jax.lax.Precision.HIGHEST if g.dtype == jnp.float32 else None
+    return jax.lax.dot_general(ones, g, ((axes, axes), (batch, batch)), precision=precision,
+                               preferred_element_type=jnp.float32)
+
+
+def add_bias(y: Array, b: Array) -> Array:
+    """``y + b`` over the last axis, in y's dtype; the bias gradient is summed by ``sum_f32``.
+
+    Autodiff would sum the cotangent over every token with a plain reduce (slow on XLA's CPU backend, see
+    ``sum_f32``; 8% of the bfloat16 mid step of ``benchmarks/step_vs_torch.py``), and a low-precision sum
+    would be rounded to bfloat16 on its way to the float32 parameter.
+    """
+    return _add_bias(y, b)
 
 
 @jax.custom_vjp
-def _add_bias_f32_grad(y: Array, b: Array) -> Array:
+def _add_bias(y: Array, b: Array) -> Array:
     return y + b.astype(y.dtype)
 
 
 def _add_bias_fwd(y: Array, b: Array):
-    return _add_bias_f32_grad(y, b), b
+    return _add_bias(y, b), b
 
 
 def _add_bias_bwd(b: Array, g: Array):
-    return g, jnp.sum(g.astype(jnp.float32), axis=tuple(range(g.ndim - 1))).astype(b.dtype)
+    return g, sum_f32(g, tuple(range(g.ndim - 1))).astype(b.dtype)
 
 
-_add_bias_f32_grad.defvjp(_add_bias_fwd, _add_bias_bwd)
+_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 class Linear(nnx.Linear):
@@ -391,31 +408,31 @@ class Mlp(nnx.Module):
 
 
 def expand(v: Array, shape: tuple[int, ...]) -> Array:
-    """``broadcast_to(v, shape)`` (v has shape's rank, 1 on the broadcast axes); a low-precision v's gradient
-    sums in float32.
+    """``broadcast_to(v, shape)`` (v has shape's rank, 1 on the broadcast axes); the gradient sums in float32.
 
-    The adaLN vectors [B, 1, 1, C] are broadcast over every token; autodiff would sum their bfloat16
-    cotangents with XLA's precision-keeping tree reduction (slow strided reduce-windows on the CPU backend),
-    as ``add_bias`` explains.
+    The adaLN vectors [B, 1, 1, C] are broadcast over every token; their cotangents are summed by ``sum_f32``
+    (a dot with ones), as ``add_bias`` explains. A v broadcast along its last axis takes plain autodiff.
     """
-    return jnp.broadcast_to(v, shape) if v.dtype == jnp.float32 else _expand_f32_grad(v, shape)
+    if v.shape[-1] == 1 and shape[-1] != 1:
+        return jnp.broadcast_to(v, shape)
+    return _expand(v, shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _expand_f32_grad(v: Array, shape: tuple[int, ...]) -> Array:
+def _expand(v: Array, shape: tuple[int, ...]) -> Array:
     return jnp.broadcast_to(v, shape)
 
 
 def _expand_fwd(v: Array, shape: tuple[int, ...]):
-    return _expand_f32_grad(v, shape), v
+    return _expand(v, shape), v
 
 
 def _expand_bwd(shape: tuple[int, ...], v: Array, g: Array):
     axes = tuple(i for i, (n, m) in enumerate(zip(v.shape, shape, strict=True)) if n == 1 and m != 1)
-    return (jnp.sum(g.astype(jnp.float32), axis=axes, keepdims=True).astype(v.dtype),)
+    return (sum_f32(g, axes).reshape(v.shape).astype(v.dtype),)
 
 
-_expand_f32_grad.defvjp(_expand_fwd, _expand_bwd)
+_expand.defvjp(_expand_fwd, _expand_bwd)
 
 
 def modulate(x: Array, shift: Array, scale: Array) -> Array:
