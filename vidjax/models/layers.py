@@ -101,13 +101,15 @@ def sum_f32(g: Array, axes: tuple[int, ...]) -> Array:
 
 
 def add_bias(y: Array, b: Array) -> Array:
-    """``y + b`` over the last axis, in y's dtype; the bias gradient is summed by ``sum_f32``.
+    """``y + b`` over the last axis, in y's dtype; a low-precision y's bias gradient is summed by ``sum_f32``.
 
-    Autodiff would sum the cotangent over every token with a plain reduce (slow on XLA's CPU backend, see
-    ``sum_f32``; 8% of the bfloat16 mid step of ``benchmarks/step_vs_torch.py``), and a low-precision sum
-    would be rounded to bfloat16 on its way to the float32 parameter.
+    Autodiff would sum a bfloat16 cotangent over every token with a reduce (slow on XLA's CPU backend, see
+    ``sum_f32``; 8% of the bfloat16 mid step of ``benchmarks/step_vs_torch.py``), and round the sum to
+    bfloat16 on its way to the float32 parameter. Float32 layers keep autodiff's reduce: with XLA's default
+    CPU options it is a fast YNNPACK reduction, and a dot there let XLA fuse the GELU backward into the
+    transposed copy feeding fc1's weight gradient (the float32 mid step's op time 1.54 -> 1.99 s).
     """
-    return _add_bias(y, b)
+    return y + b if y.dtype == b.dtype == jnp.float32 else _add_bias(y, b)
 
 
 @jax.custom_vjp
@@ -408,14 +410,13 @@ class Mlp(nnx.Module):
 
 
 def expand(v: Array, shape: tuple[int, ...]) -> Array:
-    """``broadcast_to(v, shape)`` (v has shape's rank, 1 on the broadcast axes); the gradient sums in float32.
+    """``broadcast_to(v, shape)`` (v has shape's rank, 1 on the broadcast axes); a low-precision v's gradient
+    sums in float32.
 
-    The adaLN vectors [B, 1, 1, C] are broadcast over every token; their cotangents are summed by ``sum_f32``
-    (a dot with ones), as ``add_bias`` explains. A v broadcast along its last axis takes plain autodiff.
+    The adaLN vectors [B, 1, 1, C] are broadcast over every token; a bfloat16 v's cotangent is summed by
+    ``sum_f32`` (a dot with ones), as ``add_bias`` explains; float32 vectors keep autodiff's reduce.
     """
-    if v.shape[-1] == 1 and shape[-1] != 1:
-        return jnp.broadcast_to(v, shape)
-    return _expand(v, shape)
+    return jnp.broadcast_to(v, shape) if v.dtype == jnp.float32 else _expand(v, shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
