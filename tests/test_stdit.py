@@ -371,7 +371,8 @@ def test_bf16_bias_and_adaln_gradients_sum_as_dots_with_ones():
         b, v.astype(jnp.float32))
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=2e-2, atol=0.5)
-    np.testing.assert_allclose(sum_f32(c, (0, 2)), c.sum((0, 2)), rtol=1e-5, atol=1e-5)
+    for axes in [(0, 2), (1, 3), ()]:  # a summed last axis falls back to a reduce
+        np.testing.assert_allclose(sum_f32(c, axes), c.sum(axes), rtol=1e-5, atol=1e-5)
     assert "reduce-window" not in jax.jit(jax.grad(loss, (0, 1))).lower(b, v).compile().as_text()
     sums = [e for e in dot_eqns(jax.make_jaxpr(jax.grad(loss, (0, 1)))(b, v).jaxpr)
             if e.params["preferred_element_type"] == jnp.float32]

@@ -83,16 +83,18 @@ _mixed_linear.defvjp(_mixed_linear_fwd, _mixed_linear_bwd)
 
 
 def sum_f32(g: Array, axes: tuple[int, ...]) -> Array:
-    """``g`` summed over ``axes`` in float32, as a dot with ones; g: [..., C] -> g's other axes (C is never summed).
+    """``g`` summed over ``axes`` in float32; g: [..., C] -> g's other axes. A dot with ones when C is kept.
 
-    XLA's CPU backend turns every large float reduce into a precision-keeping tree of strided reduce-windows,
-    which are slow (a [16, 64, 512] bfloat16 sum: 0.94 ms as a reduce, 0.21 ms as this dot). A dot with ones
-    accumulates in float32 like the matmuls around it; the kept axes other than C are the dot's batch axes, so
-    no operand is transposed. Float32 inputs ask for full precision (TPUs would otherwise round them to bfloat16).
+    XLA's CPU backend (where YNNPACK does not take the reduce, as under the dot-only option) turns a large
+    float reduce into a precision-keeping tree of strided reduce-windows, which are slow (a [16, 64, 512]
+    bfloat16 sum: 0.94 ms as a reduce, 0.21 ms as this dot). A dot with ones accumulates in float32 like the
+    matmuls around it; the kept axes other than C are the dot's batch axes, so no operand is transposed.
+    Float32 inputs ask for full precision (TPUs would otherwise round them to bfloat16).
     """
-    assert g.ndim - 1 not in axes, "sum_f32 keeps the last axis"
     if not axes:
         return g.astype(jnp.float32)
+    if g.ndim - 1 in axes:  # the last axis is summed too: a plain float32 reduce
+        return jnp.sum(g.astype(jnp.float32), axis=axes)
     batch = tuple(i for i in range(g.ndim - 1) if i not in axes)
     ones = jnp.ones(g.shape[:-1], g.dtype)
     precision = jax.lax.Precision.HIGHEST if g.dtype == jnp.float32 else None
