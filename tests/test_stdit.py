@@ -332,7 +332,8 @@ def test_linear_bias_gradient_sums_in_fp32():
         got = nnx.grad(loss)(layer)
         cotangent = c.astype(dtype).astype(jnp.float32)  # d loss / d output, in the layer's dtype
         assert got["bias"].value.dtype == jnp.float32
-        exact = np.asarray(cotangent, np.float64).sum((0, 1, 2))  # sum_f32 accumulates 288 terms in float32
+        # 288 terms, summed in float32 either way (bf16: sum_f32's dot with ones; fp32: autodiff's reduce)
+        exact = np.asarray(cotangent, np.float64).sum((0, 1, 2))
         np.testing.assert_allclose(got["bias"].value, exact, rtol=1e-6, atol=3e-5)
         want = nnx.grad(loss)(plain)
         np.testing.assert_allclose(got["kernel"].value, want["kernel"].value, rtol=1e-6, atol=1e-6)

@@ -111,23 +111,23 @@ def add_bias(y: Array, b: Array) -> Array:
     CPU options it is a fast YNNPACK reduction, and a dot there let XLA fuse the GELU backward into the
     transposed copy feeding fc1's weight gradient (the float32 mid step's op time 1.54 -> 1.99 s).
     """
-    return y + b if y.dtype == b.dtype == jnp.float32 else _add_bias(y, b)
+    return y + b if y.dtype == b.dtype == jnp.float32 else _add_bias_f32_grad(y, b)
 
 
 @jax.custom_vjp
-def _add_bias(y: Array, b: Array) -> Array:
+def _add_bias_f32_grad(y: Array, b: Array) -> Array:
     return y + b.astype(y.dtype)
 
 
 def _add_bias_fwd(y: Array, b: Array):
-    return _add_bias(y, b), b
+    return _add_bias_f32_grad(y, b), b
 
 
 def _add_bias_bwd(b: Array, g: Array):
     return g, sum_f32(g, tuple(range(g.ndim - 1))).astype(b.dtype)
 
 
-_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+_add_bias_f32_grad.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 class Linear(nnx.Linear):
@@ -418,16 +418,16 @@ def expand(v: Array, shape: tuple[int, ...]) -> Array:
     The adaLN vectors [B, 1, 1, C] are broadcast over every token; a bfloat16 v's cotangent is summed by
     ``sum_f32`` (a dot with ones), as ``add_bias`` explains; float32 vectors keep autodiff's reduce.
     """
-    return jnp.broadcast_to(v, shape) if v.dtype == jnp.float32 else _expand(v, shape)
+    return jnp.broadcast_to(v, shape) if v.dtype == jnp.float32 else _expand_f32_grad(v, shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _expand(v: Array, shape: tuple[int, ...]) -> Array:
+def _expand_f32_grad(v: Array, shape: tuple[int, ...]) -> Array:
     return jnp.broadcast_to(v, shape)
 
 
 def _expand_fwd(v: Array, shape: tuple[int, ...]):
-    return _expand(v, shape), v
+    return _expand_f32_grad(v, shape), v
 
 
 def _expand_bwd(shape: tuple[int, ...], v: Array, g: Array):
@@ -435,7 +435,7 @@ def _expand_bwd(shape: tuple[int, ...], v: Array, g: Array):
     return (sum_f32(g, axes).reshape(v.shape).astype(v.dtype),)
 
 
-_expand.defvjp(_expand_fwd, _expand_bwd)
+_expand_f32_grad.defvjp(_expand_fwd, _expand_bwd)
 
 
 def modulate(x: Array, shift: Array, scale: Array) -> Array:
