@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from einops import rearrange
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from vidjax.models.dit import CONDITIONINGS, DiT, dit_config
 from vidjax.models.layers import (
@@ -39,6 +40,8 @@ from vidjax.models.stdit import (
     stdit_config,
     trainable_filter,
 )
+from vidjax.parallel.mesh import make_mesh
+from vidjax.parallel.rules import logical_to_spec
 
 TINY = dict(depth=2, hidden=64, heads=4, caption_channels=32, model_max_length=8)
 L = TINY["model_max_length"]
@@ -308,10 +311,49 @@ def test_bf16_linear_sums_in_fp32_forward_and_backward():
         return jnp.sum(jnp.tanh(dot_general_f32_accumulate(x, w, dn)).astype(jnp.float32))
 
     saved = saved_residuals(jax.checkpoint(layer, policy=REMAT_POLICIES["dots"]), x, w)
-    assert "bf16[2,3,48,32] named 'mixed_precision_linear'" in saved, saved
-    # fp32 layers keep the plain dot
+    assert "bf16[2,3,48,32] named 'linear_product'" in saved, saved
+    # fp32 layers compute the plain dot (their custom VJP only reshapes the weight gradient), also kept by "dots"
     x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+    saved = saved_residuals(jax.checkpoint(layer, policy=REMAT_POLICIES["dots"]), x32, w32)
+    assert "f32[2,3,48,32] named 'linear_product'" in saved, saved
     np.testing.assert_array_equal(dot_general_f32_accumulate(x32, w32, dn), jax.lax.dot_general(x32, w32, dn))
+
+
+def test_linear_weight_gradient_is_one_2d_product():
+    """A float32 linear layer's weight gradient is one 2-D product of the input and the cotangent flattened to
+    [tokens, channels] (autodiff contracts the three leading axes at once, and XLA's CPU backend copies both
+    operands into a transposed layout for that), with autodiff's values. Bf16 layers, and float32 ones under
+    sequence parallelism (frames split across devices: merging the axes would all-gather the activations),
+    contract the leading axes in place."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 4, 36, 64)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(64, 32)) / 8, jnp.float32)
+    c = jnp.asarray(rng.normal(size=(2, 4, 36, 32)), jnp.float32)
+    dn = (((3,), (0,)), ((), ()))
+
+    def loss(x, w):
+        return jnp.sum(dot_general_f32_accumulate(x, w, dn).astype(jnp.float32) * c)
+
+    def autodiff(x, w):
+        return jnp.sum(jax.lax.dot_general(x, w, dn) * c)
+
+    for got, want in zip(jax.grad(loss, (0, 1))(x, w), jax.grad(autodiff, (0, 1))(x, w), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    for dtype, flat in ((jnp.float32, True), (jnp.bfloat16, False)):
+        eqns = dot_eqns(jax.make_jaxpr(jax.grad(loss, 1))(x.astype(dtype), w.astype(dtype)).jaxpr)
+        shapes = [tuple(v.aval.shape for v in eqn.invars) for eqn in eqns]
+        assert (((288, 64), (288, 32)) in shapes) == flat, (dtype, shapes)
+        assert (((2, 4, 36, 64), (2, 4, 36, 32)) in shapes) != flat, (dtype, shapes)
+
+    mesh = make_mesh(None, devices=jax.devices()[:2], sequence=2)
+    spec = NamedSharding(mesh, logical_to_spec(("batch", "frames", None, None)))
+    xs = jax.device_put(x, spec)
+    with jax.set_mesh(mesh):
+        eqns = dot_eqns(jax.make_jaxpr(jax.grad(loss, 1))(xs, w).jaxpr)
+        assert all(len(eqn.invars[0].aval.shape) == 4 for eqn in eqns), [eqn.invars for eqn in eqns]
+        hlo = jax.jit(jax.grad(loss, 1)).lower(xs, w).compile().as_text()
+    assert "all-gather" not in hlo
+    np.testing.assert_allclose(jax.jit(jax.grad(loss, 1))(xs, w), jax.grad(autodiff, 1)(x, w), rtol=1e-5, atol=1e-4)
 
 
 def test_linear_bias_gradient_sums_in_fp32():

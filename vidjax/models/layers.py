@@ -20,7 +20,7 @@ from einops import rearrange
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from vidjax.parallel.rules import constrain
+from vidjax.parallel.rules import axis_size, constrain
 from vidjax.parallel.sequence import parallel_attention
 
 Array = jax.Array
@@ -38,48 +38,65 @@ class Buffer(nnx.Variable):
     """A fixed tensor that is saved with the model but never trained (e.g. ``y_embedding``)."""
 
 
-MIXED_LINEAR = "mixed_precision_linear"  # checkpoint name of a bf16 linear's product (remat "dots" saves it)
+LINEAR_PRODUCT = "linear_product"  # checkpoint name of a linear layer's x @ w (remat "dots" saves it)
 
 
 def dot_general_f32_accumulate(lhs: Array, rhs: Array, dimension_numbers, precision=None,
                                preferred_element_type=None, **kwargs) -> Array:
-    """``lax.dot_general`` for the linear layers: low-precision inputs, float32 sums, one rounding at the end.
+    """``lax.dot_general`` for the linear layers: float32 sums, one rounding at the end, 2-D weight gradients.
 
-    Mixed precision as accelerators do it: a bfloat16 layer multiplies bfloat16 inputs into float32 sums and
-    rounds the result once, in the forward pass and in both backward products (``_mixed_linear``). On GPU and
-    TPU that is what a bfloat16 dot does anyway. XLA's CPU backend takes its bfloat16 (AVX512-BF16) matmul
-    kernels only for this form, about 1.5x its float32 rate on this machine; a plain bfloat16 dot, or the
-    float32 cotangent products autodiff would otherwise make, run in float32. Float32 layers are unchanged.
+    A linear's product ``x @ w`` (x: [..., din], w: [din, dout]) goes through ``_linear``, whose backward pass
+    is written out:
+
+    - Mixed precision as accelerators do it: a bfloat16 layer multiplies bfloat16 inputs into float32 sums and
+      rounds the result once, in the forward pass and in both backward products. On GPU and TPU that is what a
+      bfloat16 dot does anyway. XLA's CPU backend takes its bfloat16 (AVX512-BF16) matmul kernels only for this
+      form, about 1.5x its float32 rate on this machine; a plain bfloat16 dot, or the float32 cotangent
+      products autodiff would otherwise make, run in float32.
+    - A float32 layer's weight gradient is one 2-D product, x and the cotangent flattened to [tokens, din]
+      and [tokens, dout], with autodiff's sums. Autodiff contracts all the leading axes at once, and XLA's CPU
+      backend then copies the operands into a transposed layout first: the float32 mid step of
+      ``benchmarks/step_vs_torch.py`` had 314 copies, 253 this way, and took about 0.85x the time. (Bfloat16
+      layers showed no gain beyond the noise, so they contract in place.) Under sequence parallelism the token
+      axes are split across devices and cannot merge without an all-gather; there the product contracts the
+      leading axes in place too.
+
+    Any other dot (batched, or several contracted axes) is a plain ``lax.dot_general``.
     """
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs, rhs))
     (contract_l, contract_r), batch = dimension_numbers
     plain_linear = (tuple(contract_l) == (lhs.ndim - 1,) and tuple(contract_r) == (0,) and rhs.ndim == 2
                     and not batch[0] and not batch[1] and lhs.dtype == rhs.dtype == out_dtype)
-    if out_dtype == jnp.float32 or not plain_linear:
+    if not plain_linear:
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type, **kwargs)
-    return checkpoint_name(_mixed_linear(lhs, rhs), MIXED_LINEAR)  # remat "dots" keeps it like a plain dot
+    # merge the leading axes only if the batch axis alone may be split across devices: it leads
+    flat = lhs.dtype == jnp.float32 and axis_size("frames") == 1 and axis_size("tokens") == 1
+    return checkpoint_name(_linear(lhs, rhs, precision, flat), LINEAR_PRODUCT)  # remat "dots" keeps it as a dot
 
 
-@jax.custom_vjp
-def _mixed_linear(x: Array, w: Array) -> Array:
-    """``x @ w`` (x: [..., din], w: [din, dout], same low-precision dtype) with float32 accumulation."""
-    return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _linear(x: Array, w: Array, precision=None, flat: bool = True) -> Array:
+    """``x @ w`` (x: [..., din], w: [din, dout], same dtype) with float32 accumulation."""
+    return jnp.matmul(x, w, precision=precision, preferred_element_type=jnp.float32).astype(x.dtype)
 
 
-def _mixed_linear_fwd(x: Array, w: Array):
-    return _mixed_linear(x, w), (x, w)
+def _linear_fwd(x: Array, w: Array, precision, flat: bool):
+    return _linear(x, w, precision, flat), (x, w)
 
 
-def _mixed_linear_bwd(res, g: Array):
+def _linear_bwd(precision, flat: bool, res, g: Array):
     x, w = res
     g = g.astype(x.dtype)
+    dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), precision,
+                             preferred_element_type=jnp.float32)
+    if flat:  # [tokens, din], [tokens, dout]
+        x, g = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
     lead = tuple(range(x.ndim - 1))
-    dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    dw = jax.lax.dot_general(x, g, ((lead, lead), ((), ())), preferred_element_type=jnp.float32)
+    dw = jax.lax.dot_general(x, g, ((lead, lead), ((), ())), precision, preferred_element_type=jnp.float32)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-_mixed_linear.defvjp(_mixed_linear_fwd, _mixed_linear_bwd)
+_linear.defvjp(_linear_fwd, _linear_bwd)
 
 
 def sum_f32(g: Array, axes: tuple[int, ...]) -> Array:

@@ -30,7 +30,7 @@ from einops import rearrange
 from flax import nnx
 
 from vidjax.models.layers import (
-    MIXED_LINEAR,
+    LINEAR_PRODUCT,
     Buffer,
     CaptionEmbedder,
     CrossAttention,
@@ -64,10 +64,10 @@ SEQUENCE_PARALLEL = ("dsp", "ulysses", "allgather", "ring")
 
 REMAT_POLICIES: dict[str, Callable | None] = {
     "full": None,  # save nothing inside a block: recompute all of it in the backward pass
-    # keep the weight matmuls (the bf16 linears' float32-summing products carry a name: a custom VJP hides the dot)
+    # keep the weight matmuls (the linear layers' products carry a name: their custom VJP hides the dot)
     "dots": jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-        jax.checkpoint_policies.save_only_these_names(MIXED_LINEAR)),
+        jax.checkpoint_policies.save_only_these_names(LINEAR_PRODUCT)),
 }
 FREEZE_OPTIONS = ("not_temporal", "text", "temporal")
 
