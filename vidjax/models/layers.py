@@ -61,12 +61,14 @@ def dot_general_f32_accumulate(lhs: Array, rhs: Array, dimension_numbers, precis
       axes are split across devices and cannot merge without an all-gather; there the product contracts the
       leading axes in place too.
 
-    Any other dot (batched, or several contracted axes) is a plain ``lax.dot_general``.
+    Any other dot (batched, several contracted axes, or an ``out_sharding`` given) is a plain
+    ``lax.dot_general``.
     """
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs, rhs))
     (contract_l, contract_r), batch = dimension_numbers
     plain_linear = (tuple(contract_l) == (lhs.ndim - 1,) and tuple(contract_r) == (0,) and rhs.ndim == 2
-                    and not batch[0] and not batch[1] and lhs.dtype == rhs.dtype == out_dtype)
+                    and not batch[0] and not batch[1] and lhs.dtype == rhs.dtype == out_dtype
+                    and all(v is None for v in kwargs.values()))  # e.g. an out_sharding: left to lax
     if not plain_linear:
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type, **kwargs)
     # merge the leading axes only if the batch axis alone may be split across devices: it leads
