@@ -277,17 +277,25 @@ def dot_eqns(jaxpr) -> list:
     return found
 
 
-def test_bf16_linear_sums_in_fp32_forward_and_backward():
-    """A bf16 layer's matmuls (forward and both gradient products) take bf16 inputs into fp32 sums, the form XLA's
-    CPU backend runs on its bf16 kernels; results match the fp32 products of the same bf16 values."""
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(2, 3, 48, 64)), jnp.bfloat16)
-    w = jnp.asarray(rng.normal(size=(64, 32)) / 8, jnp.bfloat16)
-    c = jnp.asarray(rng.normal(size=(2, 3, 48, 32)), jnp.float32)
+def linear_case(seed: int, lead: tuple[int, int, int], dtype):
+    """A linear layer's product: x [*lead, 64], w [64, 32], a cotangent c [*lead, 32], the contraction ``dn`` of
+    x's last axis with w's first, and ``loss(x, w) = sum((x @ w) * c)`` through the layers' dot."""
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(*lead, 64)), dtype)
+    w = jnp.asarray(rng.normal(size=(64, 32)) / 8, dtype)
+    c = jnp.asarray(rng.normal(size=(*lead, 32)), jnp.float32)
     dn = (((3,), (0,)), ((), ()))
 
     def loss(x, w):
         return jnp.sum(dot_general_f32_accumulate(x, w, dn).astype(jnp.float32) * c)
+
+    return x, w, c, dn, loss
+
+
+def test_bf16_linear_sums_in_fp32_forward_and_backward():
+    """A bf16 layer's matmuls (forward and both gradient products) take bf16 inputs into fp32 sums, the form XLA's
+    CPU backend runs on its bf16 kernels; results match the fp32 products of the same bf16 values."""
+    x, w, c, dn, loss = linear_case(0, (2, 3, 48), jnp.bfloat16)
 
     def reference(x, w):  # the same bf16 values, fp32 everywhere
         return jnp.sum((x.astype(jnp.float32) @ w.astype(jnp.float32)) * c)
@@ -325,14 +333,7 @@ def test_linear_weight_gradient_is_one_2d_product():
     operands into a transposed layout for that), with autodiff's values. Bf16 layers, and float32 ones under
     sequence parallelism (frames split across devices: merging the axes would all-gather the activations),
     contract the leading axes in place."""
-    rng = np.random.default_rng(4)
-    x = jnp.asarray(rng.normal(size=(2, 4, 36, 64)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(64, 32)) / 8, jnp.float32)
-    c = jnp.asarray(rng.normal(size=(2, 4, 36, 32)), jnp.float32)
-    dn = (((3,), (0,)), ((), ()))
-
-    def loss(x, w):
-        return jnp.sum(dot_general_f32_accumulate(x, w, dn).astype(jnp.float32) * c)
+    x, w, c, dn, loss = linear_case(4, (2, 4, 36), jnp.float32)
 
     def autodiff(x, w):
         return jnp.sum(jax.lax.dot_general(x, w, dn) * c)

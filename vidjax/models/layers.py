@@ -77,7 +77,7 @@ def dot_general_f32_accumulate(lhs: Array, rhs: Array, dimension_numbers, precis
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _linear(x: Array, w: Array, precision=None, flat: bool = True) -> Array:
+def _linear(x: Array, w: Array, precision, flat: bool) -> Array:
     """``x @ w`` (x: [..., din], w: [din, dout], same dtype) with float32 accumulation."""
     return jnp.matmul(x, w, precision=precision, preferred_element_type=jnp.float32).astype(x.dtype)
 
@@ -92,7 +92,7 @@ def _linear_bwd(precision, flat: bool, res, g: Array):
     dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), precision,
                              preferred_element_type=jnp.float32)
     if flat:  # [tokens, din], [tokens, dout]
-        x, g = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+        x, g = rearrange(x, "... c -> (...) c"), rearrange(g, "... c -> (...) c")
     lead = tuple(range(x.ndim - 1))
     dw = jax.lax.dot_general(x, g, ((lead, lead), ((), ())), precision, preferred_element_type=jnp.float32)
     return dx.astype(x.dtype), dw.astype(w.dtype)
