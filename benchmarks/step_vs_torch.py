@@ -27,7 +27,9 @@ Prints per config: each side's median (and spread) per step, the ratio vidjax / 
 from __future__ import annotations
 
 import argparse
+import collections
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -247,10 +249,8 @@ def bench(name: str, rounds: int, steps: int, threads: int, dtype: str = "float3
 
 def profile(name: str, scan_layers: bool, steps: int = 3) -> None:
     """Per-op time of the vidjax step (``jax.profiler`` trace), summed by XLA op kind, ms per step."""
-    import collections
     import gzip
     import json
-    import re
     import tempfile
 
     import jax
@@ -275,9 +275,67 @@ def profile(name: str, scan_layers: bool, steps: int = 3) -> None:
     print(f"\nvidjax {name} step, scan_layers={scan_layers}: XLA op time by kind, ms per step")
     for kind, us in kinds.most_common(15):
         print(f"  {us / steps / 1000:8.1f}  {kind}")
+    if not scan_layers:
+        dot_rates(run.hlo(inputs[0]), events, steps)
+
+
+_DOT = re.compile(r"ROOT %[\w.-]+ = f32\[([\d,]*)\]\S* dot\(%([\w.-]+), %([\w.-]+)\), "
+                  r"(?:lhs_batch_dims=\{([\d,]*)\}, )?lhs_contracting_dims=\{([\d,]*)\}"
+                  r"(?:, rhs_batch_dims=\{([\d,]*)\})?, rhs_contracting_dims=\{([\d,]*)\}")
+
+
+def dot_rates(hlo: str, events: list, steps: int) -> None:
+    """GFLOP/s of the step's YNNPACK dot fusions by shape, inside the step and the same dot alone (float32).
+
+    Dots XLA leaves to Eigen (a weight gradient contracting the token axis of both operands) run
+    asynchronously: their trace spans are only the dispatch, so they are counted, not timed.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def ints(text):
+        return tuple(int(v) for v in text.split(",") if v) if text else ()
+
+    comps = dict(re.findall(r"^%([\w.-]+) \(.*?\) -> .*?\{\n(.*?)\n\}", hlo, re.M | re.S))
+    calls = dict(re.findall(r"%([\w.-]+) = [^\n]*?calls=%([\w.-]+)", hlo))
+    spans = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and "dur" in e and e.get("name", "").startswith("ynn_fusion"):
+            spans[e["name"]] += e["dur"] / steps
+    by_dot = collections.defaultdict(lambda: [0.0, 0, 0])  # (lhs, rhs, dims) -> [us per step, FLOP per step, FLOP]
+    for op, us in spans.items():
+        body = comps.get(calls.get(op, ""), "")
+        m = _DOT.search(body)
+        if not m:
+            continue
+        shapes = dict(re.findall(r"%([\w.-]+) = f32\[([\d,]*)\]\S* parameter", body))
+        lhs, rhs = ints(shapes.get(m.group(2), "")), ints(shapes.get(m.group(3), ""))
+        dims = ((ints(m.group(5)), ints(m.group(7))), (ints(m.group(4)), ints(m.group(6))))
+        flop = 2 * math.prod(ints(m.group(1))) * math.prod(lhs[i] for i in dims[0][0])
+        row = by_dot[(lhs, rhs, dims)]
+        row[0], row[1], row[2] = row[0] + us, row[1] + flop, flop
+    every = dict(re.findall(r"%([\w.-]+) = f32\[([\d,]*)\]", hlo))  # instruction names are unique in a module
+    eigen = 0
+    for out, lhs, contract in re.findall(r"^\s*%dot[\w.-]* = f32\[([\d,]*)\]\S* dot\(%([\w.-]+), %[\w.-]+\), "
+                                         r"(?:lhs_batch_dims=\{[\d,]*\}, )?lhs_contracting_dims=\{([\d,]*)\}",
+                                         hlo, re.M):  # unfused dots (not a fusion's ROOT)
+        eigen += 2 * math.prod(ints(out)) * math.prod(ints(every[lhs])[i] for i in ints(contract))
+    print(f"\nYNNPACK dots by shape, GFLOP/s in the step and alone (median of 10); plus {eigen / 1e9:.1f} GFLOP per "
+          "step of Eigen dots, which run asynchronously, beside the others")
+    print("  ms/step  in step  alone  lhs x rhs")
+    rng = np.random.default_rng(0)
+    for (lhs, rhs, dims), (us, flop, one) in sorted(by_dot.items(), key=lambda kv: -kv[1][0])[:12]:
+        a, b = (jnp.asarray(rng.normal(size=shape).astype(np.float32)) for shape in (lhs, rhs))
+        f = jax.jit(lambda a, b, dims=dims: jax.lax.dot_general(a, b, dims))
+        f(a, b).block_until_ready()
+        alone = float(np.median([_timed(lambda f=f, a=a, b=b: f(a, b).block_until_ready()) for _ in range(10)]))
+        print(f"  {us / 1000:7.1f}  {flop / us / 1e3:7.0f}  {one / alone / 1e9:5.0f}  {list(lhs)} x {list(rhs)}")
 
 
 def main() -> None:
+    from vidjax.cli import use_huge_pages
+
+    use_huge_pages()  # as every vidjax command does (both sides share the process, so both get it)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", choices=sorted(CONFIGS), action="append")
     p.add_argument("--rounds", type=int, default=3)

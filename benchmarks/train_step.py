@@ -77,6 +77,9 @@ def main() -> None:
     repo = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".")
     dtype = sys.argv[2] if len(sys.argv) > 2 else "float32"
     sys.path.insert(0, repo)
+    import vidjax.cli
+
+    getattr(vidjax.cli, "use_huge_pages", lambda: None)()  # as that checkout's commands run (if it has it)
     import jax
     import numpy as np
 

@@ -104,3 +104,38 @@ def test_evaluate_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"file": "a.mp4"}) + "\n")
     one_line_error(call("vidjax.evaluate", "--captions", str(bad)), "vidjax.evaluate", "missing shape")
+
+
+def _thp_mode() -> str:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return ""
+    return text.split("[", 1)[-1].split("]", 1)[0]
+
+
+@pytest.mark.skipif(sys.platform != "linux" or _thp_mode() != "madvise",
+                    reason="needs Linux with transparent huge pages on madvise")
+def test_commands_restart_with_huge_pages(tmp_path):
+    """``python -m vidjax.*`` restarts itself once with glibc's hugetlb tunable, so a fresh malloc block lands in
+    transparent huge pages (the train step's scratch memory: the mid step of step_vs_torch.py at ~0.83x the time);
+    ``VIDJAX_HUGE_PAGES=0`` opts out, other tunables are kept, and a plain ``import vidjax`` never restarts."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "VIDJAX_HUGE_PAGES")}
+
+    def report(extra, *cmd):
+        r = subprocess.run([sys.executable, *cmd], env=dict(env, **extra), cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout.strip().splitlines()[-1]
+
+    def huge_mb(line):
+        return int(line.split(" has ")[1].split(" MB")[0])
+
+    line = report({}, "-m", "vidjax.tools.hugepages")
+    assert line.startswith("GLIBC_TUNABLES='glibc.malloc.hugetlb=1';") and huge_mb(line) >= 32, line
+    line = report({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "-m", "vidjax.tools.hugepages")
+    assert line.startswith("GLIBC_TUNABLES='glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1';"), line
+    line = report({"VIDJAX_HUGE_PAGES": "0"}, "-m", "vidjax.tools.hugepages")
+    assert line.startswith("GLIBC_TUNABLES='';") and huge_mb(line) == 0, line
+    code = "import os, vidjax; print(repr(os.environ.get('GLIBC_TUNABLES')))"
+    assert report({}, "-c", code) == "None"

@@ -4,7 +4,25 @@ The package is laid out as the pipeline reads:
 data -> models (text encoders, VAEs, STDiT/DiT) -> diffusion -> train / sample -> export.
 """
 
-import flax
+import sys
+
+
+def _is_vidjax_command() -> bool:
+    """True while ``python -m vidjax.<command>`` starts (Python sets ``sys.argv[0]`` to ``-m`` until it has
+    found the module), never when vidjax is imported by a notebook, a test or another program."""
+    argv = getattr(sys, "orig_argv", [])
+    if sys.argv[:1] != ["-m"] or "-m" not in argv[1:]:
+        return False
+    i = argv.index("-m", 1)
+    return i + 1 < len(argv) and argv[i + 1].split(".")[0] == "vidjax"
+
+
+if _is_vidjax_command():  # before any heavy import: the process may restart itself here
+    from vidjax.cli import use_huge_pages
+
+    use_huge_pages()
+
+import flax  # noqa: E402
 
 # Like MaxText and MaxDiffusion: variables carry their logical sharding as metadata,
 # and the train step places them explicitly. Eager sharding would demand a mesh
