@@ -139,3 +139,24 @@ def test_commands_restart_with_huge_pages(tmp_path):
     assert line.startswith("GLIBC_TUNABLES='';") and huge_mb(line) == 0, line
     code = "import os, vidjax; print(repr(os.environ.get('GLIBC_TUNABLES')))"
     assert report({}, "-c", code) == "None"
+
+
+@pytest.mark.parametrize("libc, thp, restarts", [(("glibc", "2.36"), "always [madvise] never", True),
+                                                 (("glibc", "2.34"), "always [madvise] never", False),
+                                                 (("glibc", "2.36"), "[always] madvise never", False),
+                                                 (("glibc", "2.36"), "always madvise [never]", False),
+                                                 (("", ""), "always [madvise] never", False)])
+def test_huge_pages_restart_only_where_they_help(monkeypatch, tmp_path, libc, thp, restarts):
+    """The restart's conditions, without restarting: glibc >= 2.35 and transparent huge pages on madvise."""
+    setting = tmp_path / "enabled"
+    setting.write_text(thp + "\n")
+    calls = []
+    monkeypatch.setattr(cli, "THP_SETTING", setting)
+    monkeypatch.setattr(cli.platform, "libc_ver", lambda: libc)
+    monkeypatch.setattr(cli.os, "execv", lambda exe, argv: calls.append((exe, argv)))
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("VIDJAX_HUGE_PAGES", raising=False)
+    cli.use_huge_pages()
+    assert calls == ([(sys.executable, sys.orig_argv)] if restarts else [])
+    assert (os.environ.get("GLIBC_TUNABLES") == cli.HUGE_PAGES) == restarts

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -78,8 +79,9 @@ def use_huge_pages() -> None:
         thp = THP_SETTING.read_text()
     except OSError:
         return
-    if (sys.platform != "linux" or libc != "glibc" or tuple(map(int, version.split(".")[:2])) < (2, 35)
-            or "[madvise]" not in thp or not sys.executable or not getattr(sys, "orig_argv", None)):
+    glibc = re.match(r"(\d+)\.(\d+)", version) if libc == "glibc" else None
+    if (sys.platform != "linux" or not glibc or (int(glibc[1]), int(glibc[2])) < (2, 35) or "[madvise]" not in thp
+            or not sys.executable or not getattr(sys, "orig_argv", None)):
         return
     os.environ["GLIBC_TUNABLES"] = f"{tunables}:{HUGE_PAGES}" if tunables else HUGE_PAGES
     sys.stdout.flush()
