@@ -106,15 +106,7 @@ def test_evaluate_errors(tmp_path):
     one_line_error(call("vidjax.evaluate", "--captions", str(bad)), "vidjax.evaluate", "missing shape")
 
 
-def _thp_mode() -> str:
-    try:
-        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return ""
-    return text.split("[", 1)[-1].split("]", 1)[0]
-
-
-@pytest.mark.skipif(sys.platform != "linux" or _thp_mode() != "madvise",
+@pytest.mark.skipif(sys.platform != "linux" or "[madvise]" not in cli._read(cli.THP_SETTING),
                     reason="needs Linux with transparent huge pages on madvise")
 def test_commands_restart_with_huge_pages(tmp_path):
     """``python -m vidjax.*`` restarts itself once with glibc's hugetlb tunable, so a fresh malloc block lands in

@@ -72,19 +72,21 @@ def use_huge_pages() -> None:
     used for everything (``always``). Accelerators are unaffected; this is the host's memory.
     """
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.hugetlb" in tunables or os.environ.get("VIDJAX_HUGE_PAGES", "1") == "0":
+    if ("glibc.malloc.hugetlb" in tunables or os.environ.get("VIDJAX_HUGE_PAGES", "1") == "0"
+            or sys.platform != "linux" or not sys.executable or not getattr(sys, "orig_argv", None)):
         return
     libc, version = platform.libc_ver()
-    try:
-        thp = THP_SETTING.read_text()
-    except OSError:
-        return
     glibc = re.match(r"(\d+)\.(\d+)", version) if libc == "glibc" else None
-    if (sys.platform != "linux" or not glibc or (int(glibc[1]), int(glibc[2])) < (2, 35) or "[madvise]" not in thp
-            or not sys.executable or not getattr(sys, "orig_argv", None)):
+    if not glibc or (int(glibc[1]), int(glibc[2])) < (2, 35) or "[madvise]" not in _read(THP_SETTING):
         return
     os.environ["GLIBC_TUNABLES"] = f"{tunables}:{HUGE_PAGES}" if tunables else HUGE_PAGES
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, sys.orig_argv)
 
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
