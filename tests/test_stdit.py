@@ -448,6 +448,40 @@ def test_bf16_attention_gradient_products_take_bf16_inputs(axis):
         assert [x.aval.dtype for x in eqn.invars] == [jnp.dtype(jnp.bfloat16)] * 2, eqn
 
 
+@pytest.mark.parametrize("axis", ["spatial", "temporal"])
+def test_fp32_attention_runs_heads_major_with_the_written_out_gradient(axis):
+    """fp32 attention: forward and gradient equal autodiff through a plain softmax on the native layout, and every
+    product (forward and backward) is a batched matmul over heads-major [B, X, H, N, D] tiles: batch axes
+    leading, contraction last, so XLA transposes nothing inside the products."""
+    rng = np.random.default_rng(5)
+    q, k, v, c = (jnp.asarray(rng.normal(size=(2, 6, 10, 2, 8)), jnp.float32) for _ in range(4))
+    mask = jnp.asarray(np.arange(10)[None] < np.array([[10], [4]])) if axis == "spatial" else None
+    Q, K, L = ("btqhd", "btkhd", "bthqk") if axis == "spatial" else ("bqshd", "bkshd", "bshqk")
+
+    def reference(q, k, v):
+        logits = jnp.einsum(f"{Q},{K}->{L}", q * 8**-0.5, k)
+        if mask is not None:
+            logits = jnp.where(mask[:, None, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        return jnp.einsum(f"{L},{K}->{Q}", jax.nn.softmax(logits, -1), v)
+
+    def loss(fn, q, k, v):
+        return jnp.sum(fn(q, k, v) * c)
+
+    ours = functools.partial(xla_attention, axis=axis, mask=mask)
+    np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), atol=1e-6)
+    want = jax.grad(functools.partial(loss, reference), (0, 1, 2))(q, k, v)
+    got = jax.grad(functools.partial(loss, ours), (0, 1, 2))(q, k, v)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(ours)(q, k, v))  # the backward is _softmax_attention's
+    jaxpr = jax.make_jaxpr(jax.grad(functools.partial(loss, ours), (0, 1, 2)))(q, k, v)
+    products = dot_eqns(jaxpr.jaxpr)
+    assert len(products) == 6, products  # logits and output, then dV, dP, dQ, dK
+    for eqn in products:
+        (contract, _), batch = eqn.params["dimension_numbers"]
+        assert batch == ((0, 1, 2), (0, 1, 2)) and contract[0] in (3, 4), eqn
+
+
 def test_fps_and_input_errors(tiny):
     model = nnx.eval_shape(lambda: STDiT(stdit_config(**TINY, fps_conditioning=True), rngs=nnx.Rngs(0)))
     x, t, y, mask = batch(1)
