@@ -242,9 +242,10 @@ def xla_attention(q: Array, k: Array, v: Array, *, axis: str = "spatial", mask: 
     ``scale``: logit scale, default ``D ** -0.5`` (T5 uses 1.0).
 
     q, k and v are first copied heads-major, [B, T, H, S, D] (spatial) or [B, S, H, T, D] (temporal), so each
-    product is a plain batched matmul over contiguous [N, D] tiles; on XLA's CPU backend the float32 mid step of
-    ``benchmarks/step_vs_torch.py`` took 0.95x the time of contracting the native layout in place. Without
-    ``bias`` the gradient is ``_softmax_attention``'s written-out backward (another 0.93x).
+    product is a plain batched matmul over contiguous [N, D] tiles, and without ``bias`` the gradient is
+    ``_softmax_attention``'s written-out backward. On XLA's CPU backend the float32 mid step of
+    ``benchmarks/step_vs_torch.py`` took 0.95x the time with the layout alone and 0.92x with both, against
+    contracting the native layout in place with autodiff's gradient (both forms alternating in one process).
     """
     if axis not in _TO_HEADS:
         raise ValueError(f"axis={axis!r}; expected 'spatial' or 'temporal'")
