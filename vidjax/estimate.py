@@ -25,8 +25,8 @@ optimizer state over ``fsdp``; sequence parallelism splits each sample's tokens 
     activations, per block and sample (N/sequence tokens, b bytes per element of the compute dtype):
               b·(42·N·C + 3·N·M) saved for the backward pass (norms, modulations, q/k/v, attention outputs,
               layout copies between the spatial and temporal passes, residuals, MLP)
-              + 4·heads·(T·S² + S·T² + N·L) for the fp32 attention probabilities attention's backward keeps
-              (none with a flash kernel)
+              + 4·heads·(T·S² + S·T² + N·L) for the fp32 attention probabilities, which the attention backward
+              keeps (none with a flash kernel)
     remat none: depth blocks of that;  remat full: the depth block inputs (b·N·C each) + one block recomputed
 
 The activation coefficients are fitted to XLA's ``memory_analysis()`` of vidjax's compiled train step, and
