@@ -193,9 +193,9 @@ def dit_vs_stdit(repeats: int) -> list[dict]:
 
 
 def main() -> None:
-    from vidjax.cli import use_huge_pages
+    from vidjax.cli import tune_memory
 
-    use_huge_pages()  # as every vidjax command does; the subprocesses inherit it
+    tune_memory()  # as every vidjax command does; the subprocesses inherit it
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default=None, help="a trained shapes run (default: random weights)")
     p.add_argument("--prompts", type=int, default=48)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import math
+import os
 import re
 import sys
 import time
@@ -333,9 +334,9 @@ def dot_rates(hlo: str, events: list, steps: int) -> None:
 
 
 def main() -> None:
-    from vidjax.cli import use_huge_pages
+    from vidjax.cli import tune_memory
 
-    use_huge_pages()  # as every vidjax command does (both sides share the process, so both get it)
+    tune_memory()  # as every vidjax command does (both sides share the process, so both get it)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", choices=sorted(CONFIGS), action="append")
     p.add_argument("--rounds", type=int, default=3)
@@ -351,10 +352,11 @@ def main() -> None:
             for scan_layers in (True, False):
                 profile(name, scan_layers)
         return
-    import os
-
     threads = a.threads or os.cpu_count() or 1
-    print(f"compute dtype: {a.dtype}")
+    from vidjax.cli import preloaded_allocator
+
+    print(f"compute dtype: {a.dtype}; host allocator: {preloaded_allocator() or 'glibc'} "
+          f"(VIDJAX_MALLOC={os.environ.get('VIDJAX_MALLOC', 'auto')})")
     print("| config | params (torch / vidjax) | TFLOP/step | PyTorch s/step (min–max) | vidjax s/step (min–max) | "
           "vidjax / PyTorch | share of matmul peak (PyTorch / vidjax) | vidjax with scan_layers=True: s/step, "
           "/ PyTorch |\n|---|---|---|---|---|---|---|---|")

@@ -79,7 +79,8 @@ def main() -> None:
     sys.path.insert(0, repo)
     import vidjax.cli
 
-    getattr(vidjax.cli, "use_huge_pages", lambda: None)()  # as that checkout's commands run (if it has it)
+    setup = getattr(vidjax.cli, "tune_memory", None) or getattr(vidjax.cli, "use_huge_pages", lambda: None)
+    setup()  # as that checkout's commands run (if it has either)
     import jax
     import numpy as np
 

@@ -106,31 +106,76 @@ def test_evaluate_errors(tmp_path):
     one_line_error(call("vidjax.evaluate", "--captions", str(bad)), "vidjax.evaluate", "missing shape")
 
 
+MEMORY_ENV = ("GLIBC_TUNABLES", "VIDJAX_MALLOC", "LD_PRELOAD", "MALLOC_CONF")
+
+
+def memory_report(tmp_path, extra: dict, *cmd: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in MEMORY_ENV}
+    r = subprocess.run([sys.executable, *cmd], env=dict(env, **extra), cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.strip().splitlines()[-1]
+
+
+def figures(line: str) -> tuple[int, int]:
+    """(MB in huge pages of a fresh 64 MB block, page faults re-touching a freed 256 MB block)."""
+    return int(line.split(" block has ")[1].split(" MB")[0]), int(line.split(" costs ")[1].split(" page")[0])
+
+
 @pytest.mark.skipif(sys.platform != "linux" or "[madvise]" not in cli._read(cli.THP_SETTING),
                     reason="needs Linux with transparent huge pages on madvise")
-def test_commands_restart_with_huge_pages(tmp_path):
-    """``python -m vidjax.*`` restarts itself once with glibc's hugetlb tunable, so a fresh malloc block lands in
-    transparent huge pages (the train step's scratch memory: the mid step of step_vs_torch.py at ~0.83x the time);
-    ``VIDJAX_HUGE_PAGES=0`` opts out, other tunables are kept, and a plain ``import vidjax`` never restarts."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "VIDJAX_HUGE_PAGES")}
+def test_commands_restart_with_glibc_huge_pages(tmp_path):
+    """``VIDJAX_MALLOC=glibc`` (and ``auto`` on a host without jemalloc or tcmalloc): ``python -m vidjax.*``
+    restarts once with glibc's hugetlb tunable, so a fresh block lands in transparent huge pages and a freed
+    256 MB block costs about 128 faults to reuse instead of 65,536; ``off`` opts out, other tunables are kept,
+    and a plain ``import vidjax`` never restarts."""
+    line = memory_report(tmp_path, {"VIDJAX_MALLOC": "glibc"}, "-m", "vidjax.tools.memory")
+    huge, faults = figures(line)
+    assert line.startswith("allocator glibc (GLIBC_TUNABLES='glibc.malloc.hugetlb=1');") and huge >= 32, line
+    assert 64 <= faults < 8192, line  # zeroed again, in 2 MB pages
+    line = memory_report(tmp_path, {"VIDJAX_MALLOC": "glibc", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+                         "-m", "vidjax.tools.memory")
+    assert line.startswith("allocator glibc (GLIBC_TUNABLES='glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1');")
+    line = memory_report(tmp_path, {"VIDJAX_MALLOC": "off"}, "-m", "vidjax.tools.memory")
+    assert line.startswith("allocator glibc (GLIBC_TUNABLES='');") and figures(line)[0] == 0, line
+    assert figures(line)[1] >= 32768, line  # 4 KB pages, every one zeroed again
+    code = "import os, vidjax; print(repr(os.environ.get('GLIBC_TUNABLES')), repr(os.environ.get('LD_PRELOAD')))"
+    assert memory_report(tmp_path, {}, "-c", code) == "None None"
 
-    def report(extra, *cmd):
-        r = subprocess.run([sys.executable, *cmd], env=dict(env, **extra), cwd=tmp_path, capture_output=True,
-                           text=True, timeout=120)
-        assert r.returncode == 0, r.stderr[-2000:]
-        return r.stdout.strip().splitlines()[-1]
 
-    def huge_mb(line):
-        return int(line.split(" has ")[1].split(" MB")[0])
+INSTALLED = [name for name in cli.MALLOC_LIBS if cli.find_malloc_lib(name)]
 
-    line = report({}, "-m", "vidjax.tools.hugepages")
-    assert line.startswith("GLIBC_TUNABLES='glibc.malloc.hugetlb=1';") and huge_mb(line) >= 32, line
-    line = report({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "-m", "vidjax.tools.hugepages")
-    assert line.startswith("GLIBC_TUNABLES='glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1';"), line
-    line = report({"VIDJAX_HUGE_PAGES": "0"}, "-m", "vidjax.tools.hugepages")
-    assert line.startswith("GLIBC_TUNABLES='';") and huge_mb(line) == 0, line
-    code = "import os, vidjax; print(repr(os.environ.get('GLIBC_TUNABLES')))"
-    assert report({}, "-c", code) == "None"
+
+@pytest.mark.skipif(sys.platform != "linux" or not INSTALLED, reason="needs jemalloc or tcmalloc on this host")
+@pytest.mark.parametrize("choice", ["auto", *INSTALLED])
+def test_commands_restart_with_an_allocator_that_keeps_memory(tmp_path, choice):
+    """With jemalloc or tcmalloc installed, ``python -m vidjax.*`` runs under it (``auto`` prefers jemalloc): a
+    freed 256 MB block (XLA's per-step scratch) is reused without the kernel zeroing it again."""
+    line = memory_report(tmp_path, {"VIDJAX_MALLOC": choice}, "-m", "vidjax.tools.memory")
+    name = INSTALLED[0] if choice == "auto" else choice
+    assert line.startswith(f"allocator {name} (LD_PRELOAD={cli.find_malloc_lib(name)});"), line
+    assert figures(line)[1] < 64, line
+    if name == "jemalloc":
+        assert figures(line)[0] >= 32, line  # MALLOC_CONF's thp:always
+
+
+def fake_host(monkeypatch, tmp_path, libs=(), libc=("glibc", "2.36"), thp="always [madvise] never"):
+    """Pretend a Linux host with ``libs`` installed; returns the list ``os.execv`` calls land in."""
+    lib_dir = tmp_path / "lib"
+    lib_dir.mkdir(exist_ok=True)
+    for name in libs:
+        (lib_dir / cli.MALLOC_LIBS[name]).write_bytes(b"")
+    setting = tmp_path / "enabled"
+    setting.write_text(thp + "\n")
+    calls = []
+    monkeypatch.setattr(cli, "LIB_DIRS", (str(lib_dir),))
+    monkeypatch.setattr(cli, "THP_SETTING", setting)
+    monkeypatch.setattr(cli.platform, "libc_ver", lambda: libc)
+    monkeypatch.setattr(cli.os, "execv", lambda exe, argv: calls.append((exe, argv)))
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    for key in MEMORY_ENV:
+        monkeypatch.delenv(key, raising=False)
+    return calls
 
 
 @pytest.mark.parametrize("libc, thp, restarts", [(("glibc", "2.36"), "always [madvise] never", True),
@@ -139,16 +184,58 @@ def test_commands_restart_with_huge_pages(tmp_path):
                                                  (("glibc", "2.36"), "always madvise [never]", False),
                                                  (("", ""), "always [madvise] never", False)])
 def test_huge_pages_restart_only_where_they_help(monkeypatch, tmp_path, libc, thp, restarts):
-    """The restart's conditions, without restarting: glibc >= 2.35 and transparent huge pages on madvise."""
-    setting = tmp_path / "enabled"
-    setting.write_text(thp + "\n")
-    calls = []
-    monkeypatch.setattr(cli, "THP_SETTING", setting)
-    monkeypatch.setattr(cli.platform, "libc_ver", lambda: libc)
-    monkeypatch.setattr(cli.os, "execv", lambda exe, argv: calls.append((exe, argv)))
-    monkeypatch.setattr(cli.sys, "platform", "linux")
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    monkeypatch.delenv("VIDJAX_HUGE_PAGES", raising=False)
-    cli.use_huge_pages()
+    """Without jemalloc or tcmalloc: glibc's tunable only with glibc >= 2.35 and transparent huge pages on madvise."""
+    calls = fake_host(monkeypatch, tmp_path, libc=libc, thp=thp)
+    cli.tune_memory()
     assert calls == ([(sys.executable, sys.orig_argv)] if restarts else [])
     assert (os.environ.get("GLIBC_TUNABLES") == cli.HUGE_PAGES) == restarts
+    assert "LD_PRELOAD" not in os.environ
+
+
+@pytest.mark.parametrize("libs, env, preload, conf", [
+    (("jemalloc", "tcmalloc"), {}, "jemalloc", cli.JEMALLOC_CONF),
+    (("tcmalloc",), {}, "tcmalloc", None),
+    (("jemalloc", "tcmalloc"), {"VIDJAX_MALLOC": "tcmalloc"}, "tcmalloc", None),
+    (("jemalloc",), {"MALLOC_CONF": "narenas:2"}, "jemalloc", "narenas:2"),  # the user's conf is kept
+    (("jemalloc",), {"LD_PRELOAD": "libfoo.so"}, "jemalloc", cli.JEMALLOC_CONF),  # ... and their preload
+])
+def test_allocator_restart_preloads_jemalloc_or_tcmalloc(monkeypatch, tmp_path, libs, env, preload, conf):
+    calls = fake_host(monkeypatch, tmp_path, libs=libs)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    cli.tune_memory()
+    assert calls == [(sys.executable, sys.orig_argv)]
+    lib = str(tmp_path / "lib" / cli.MALLOC_LIBS[preload])
+    assert os.environ["LD_PRELOAD"] == (f"{lib}:libfoo.so" if "LD_PRELOAD" in env else lib)
+    assert os.environ.get("MALLOC_CONF") == conf
+    assert "GLIBC_TUNABLES" not in os.environ
+    calls.clear()
+    cli.tune_memory()  # the restarted process: already set up, no second restart
+    assert calls == []
+
+
+@pytest.mark.parametrize("env", [{"VIDJAX_MALLOC": "off"}, {"VIDJAX_MALLOC": "glibc"},
+                                 {"LD_PRELOAD": "/opt/libtcmalloc.so.4"}, {"GLIBC_TUNABLES": cli.HUGE_PAGES}])
+def test_allocator_restart_respects_the_user(monkeypatch, tmp_path, env):
+    """``off`` and a process already under an allocator or the tunable never restart; ``glibc`` skips the libraries."""
+    calls = fake_host(monkeypatch, tmp_path, libs=("jemalloc", "tcmalloc"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    cli.tune_memory()
+    restarts = env == {"VIDJAX_MALLOC": "glibc"}
+    assert calls == ([(sys.executable, sys.orig_argv)] if restarts else [])
+    assert os.environ.get("LD_PRELOAD") == env.get("LD_PRELOAD")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("fast", "VIDJAX_MALLOC='fast': expected one of auto, jemalloc, tcmalloc, glibc, off"),
+    ("jemalloc", "VIDJAX_MALLOC=jemalloc: libjemalloc.so.2 is not in"),
+])
+def test_allocator_choice_errors_are_one_line(monkeypatch, tmp_path, capsys, value, message):
+    calls = fake_host(monkeypatch, tmp_path, libs=("tcmalloc",))
+    monkeypatch.setenv("VIDJAX_MALLOC", value)
+    with pytest.raises(SystemExit) as e:
+        cli.tune_memory()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and calls == [] and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"vidjax: error: {message}"), err

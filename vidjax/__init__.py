@@ -18,9 +18,9 @@ def _is_vidjax_command() -> bool:
 
 
 if _is_vidjax_command():  # before any heavy import: the process may restart itself here
-    from vidjax.cli import use_huge_pages
+    from vidjax.cli import tune_memory
 
-    use_huge_pages()
+    tune_memory()
 
 import flax  # noqa: E402
 

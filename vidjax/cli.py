@@ -4,7 +4,7 @@
     if __name__ == "__main__":
         cli.run("vidjax.sample", main)
 
-Also the commands' process setup: ``use_huge_pages`` (called by ``vidjax/__init__.py`` for ``python -m vidjax.*``).
+Also the commands' process setup: ``tune_memory`` (called by ``vidjax/__init__.py`` for ``python -m vidjax.*``).
 """
 
 from __future__ import annotations
@@ -54,32 +54,79 @@ def check_writable(path: str | Path, *, what: str = "output") -> Path:
     return path
 
 
+# --------------------------------------------------------------------------------------
+# Process setup: the host memory allocator (CPU hosts; accelerators are unaffected)
+# --------------------------------------------------------------------------------------
+
+MALLOC_CHOICES = ("auto", "jemalloc", "tcmalloc", "glibc", "off")
+MALLOC_LIBS = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}  # "auto" tries this order
+MALLOC_PACKAGES = {"jemalloc": "libjemalloc2", "tcmalloc": "libtcmalloc-minimal4"}  # Debian / Ubuntu
+LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib",
+            f"{sys.prefix}/lib")
+JEMALLOC_CONF = "thp:always,retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"  # keep freed memory, in huge pages
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
-def use_huge_pages() -> None:
-    """Restart this process (same interpreter, same command line) with glibc's malloc asking for huge pages.
+def find_malloc_lib(name: str) -> Path | None:
+    """The shared library of allocator ``name`` ("jemalloc" or "tcmalloc") in the usual folders, or None."""
+    return next((Path(d) / MALLOC_LIBS[name] for d in LIB_DIRS if (Path(d) / MALLOC_LIBS[name]).is_file()), None)
 
-    XLA's CPU runtime allocates each step's scratch memory afresh (hundreds of MB for a train step), and glibc
-    maps large blocks straight from the kernel, so every step first-touches new 4 KB pages: a page fault each,
-    and a TLB full of small pages under the matmuls. ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35)
-    has malloc mark those blocks ``MADV_HUGEPAGE``, so Linux backs them with 2 MB transparent huge pages: the
-    float32 mid step of ``benchmarks/step_vs_torch.py`` took about 0.83x the time on this 2-core machine.
-    glibc reads its tunables only at start-up, hence the restart (``os.execv``: same PID, same environment
-    plus the tunable). Nothing happens when the tunable is already set, when ``VIDJAX_HUGE_PAGES=0``, or
-    where it cannot help: not Linux with glibc >= 2.35, or transparent huge pages off (``never``) or already
-    used for everything (``always``). Accelerators are unaffected; this is the host's memory.
+
+def preloaded_allocator() -> str | None:
+    """The allocator this process runs with when ``LD_PRELOAD`` holds jemalloc or tcmalloc, else None."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    return next((name for name in MALLOC_LIBS if f"lib{name}" in preload), None)
+
+
+def tune_memory() -> None:
+    """Restart this process once (same interpreter, same command line) with a host allocator that suits XLA.
+
+    XLA's CPU runtime allocates each step's scratch memory as one block (763 MB for the float32 mid step of
+    ``benchmarks/step_vs_torch.py``) and frees it after the step. glibc's malloc maps a block that large
+    straight from the kernel and unmaps it on free, so every step the kernel zeroes fresh pages for it: a
+    quarter of the process's CPU time in ``clear_page_erms`` under ``perf``, about 0.3 s of system time per
+    0.9 s step on a 2-core host. ``VIDJAX_MALLOC`` picks what to do:
+
+    - ``auto`` (default): preload jemalloc (with ``MALLOC_CONF`` keeping freed memory, in transparent huge
+      pages) or else tcmalloc, when the host has one (Debian/Ubuntu: ``apt install libjemalloc2``); both keep
+      freed memory, so the next step reuses it without a page fault. Without either, as ``glibc``.
+    - ``jemalloc`` / ``tcmalloc``: that one, or a one-line error when it is not installed.
+    - ``glibc``: glibc's malloc with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35, transparent huge
+      pages on ``madvise``): the blocks are still zeroed every step, but in 2 MB pages, far fewer faults.
+    - ``off``: nothing.
+
+    Allocators are chosen at start-up, hence the restart (``os.execv``: same PID, the environment plus
+    ``LD_PRELOAD`` and ``MALLOC_CONF``, or ``GLIBC_TUNABLES``; a value the user set is kept). Nothing happens
+    off Linux, or when the process already runs with jemalloc, tcmalloc or the hugetlb tunable.
     """
+    choice = os.environ.get("VIDJAX_MALLOC", "auto")
+    if choice not in MALLOC_CHOICES:
+        fail("vidjax", f"VIDJAX_MALLOC={choice!r}: expected one of {', '.join(MALLOC_CHOICES)}")
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if ("glibc.malloc.hugetlb" in tunables or os.environ.get("VIDJAX_HUGE_PAGES", "1") == "0"
-            or sys.platform != "linux" or not sys.executable or not getattr(sys, "orig_argv", None)):
+    if (choice == "off" or sys.platform != "linux" or not sys.executable or not getattr(sys, "orig_argv", None)
+            or preloaded_allocator() or "glibc.malloc.hugetlb" in tunables):
         return
+    for name in (("jemalloc", "tcmalloc") if choice == "auto" else (choice,) if choice in MALLOC_LIBS else ()):
+        lib = find_malloc_lib(name)
+        if lib is None and choice == name:
+            fail("vidjax", f"VIDJAX_MALLOC={name}: {MALLOC_LIBS[name]} is not in {', '.join(LIB_DIRS)}; install "
+                           f"it (Debian/Ubuntu: apt install {MALLOC_PACKAGES[name]}) or set VIDJAX_MALLOC=auto")
+        if lib is not None:
+            preload = os.environ.get("LD_PRELOAD", "")
+            os.environ["LD_PRELOAD"] = f"{lib}:{preload}" if preload else str(lib)
+            if name == "jemalloc":
+                os.environ.setdefault("MALLOC_CONF", JEMALLOC_CONF)
+            return _restart()
     libc, version = platform.libc_ver()
     glibc = re.match(r"(\d+)\.(\d+)", version) if libc == "glibc" else None
     if not glibc or (int(glibc[1]), int(glibc[2])) < (2, 35) or "[madvise]" not in _read(THP_SETTING):
         return
     os.environ["GLIBC_TUNABLES"] = f"{tunables}:{HUGE_PAGES}" if tunables else HUGE_PAGES
+    _restart()
+
+
+def _restart() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, sys.orig_argv)
