@@ -107,6 +107,7 @@ def test_evaluate_errors(tmp_path):
 
 
 MEMORY_ENV = ("GLIBC_TUNABLES", "VIDJAX_MALLOC", "LD_PRELOAD", "MALLOC_CONF")
+OUTER_MEMORY_ENV = {key: os.environ.get(key) for key in MEMORY_ENV}  # as pytest started
 
 
 def memory_report(tmp_path, extra: dict, *cmd: str) -> str:
@@ -163,8 +164,8 @@ def fake_host(monkeypatch, tmp_path, libs=(), libc=("glibc", "2.36"), thp="alway
     """Pretend a Linux host with ``libs`` installed; returns the list ``os.execv`` calls land in."""
     lib_dir = tmp_path / "lib"
     lib_dir.mkdir(exist_ok=True)
-    for name in libs:
-        (lib_dir / cli.MALLOC_LIBS[name]).write_bytes(b"")
+    for name in libs:  # an ELF header is all find_malloc_lib reads
+        (lib_dir / cli.MALLOC_LIBS[name]).write_bytes(b"\x7fELF" + bytes(60))
     setting = tmp_path / "enabled"
     setting.write_text(thp + "\n")
     calls = []
@@ -173,8 +174,8 @@ def fake_host(monkeypatch, tmp_path, libs=(), libc=("glibc", "2.36"), thp="alway
     monkeypatch.setattr(cli.platform, "libc_ver", lambda: libc)
     monkeypatch.setattr(cli.os, "execv", lambda exe, argv: calls.append((exe, argv)))
     monkeypatch.setattr(cli.sys, "platform", "linux")
-    for key in MEMORY_ENV:
-        monkeypatch.delenv(key, raising=False)
+    # a private environment: what tune_memory writes must not reach the other tests' subprocesses
+    monkeypatch.setattr(cli.os, "environ", {k: v for k, v in os.environ.items() if k not in MEMORY_ENV})
     return calls
 
 
@@ -214,6 +215,15 @@ def test_allocator_restart_preloads_jemalloc_or_tcmalloc(monkeypatch, tmp_path, 
     assert calls == []
 
 
+def test_allocator_restart_skips_a_library_that_is_not_elf(monkeypatch, tmp_path):
+    """An empty or foreign file named like jemalloc is passed over (the loader would complain in every child)."""
+    calls = fake_host(monkeypatch, tmp_path, libs=("tcmalloc",))
+    (tmp_path / "lib" / cli.MALLOC_LIBS["jemalloc"]).write_bytes(b"")
+    cli.tune_memory()
+    assert calls == [(sys.executable, sys.orig_argv)]
+    assert os.environ["LD_PRELOAD"] == str(tmp_path / "lib" / cli.MALLOC_LIBS["tcmalloc"])
+
+
 @pytest.mark.parametrize("env", [{"VIDJAX_MALLOC": "off"}, {"VIDJAX_MALLOC": "glibc"},
                                  {"LD_PRELOAD": "/opt/libtcmalloc.so.4"}, {"GLIBC_TUNABLES": cli.HUGE_PAGES}])
 def test_allocator_restart_respects_the_user(monkeypatch, tmp_path, env):
@@ -239,3 +249,9 @@ def test_allocator_choice_errors_are_one_line(monkeypatch, tmp_path, capsys, val
     err = capsys.readouterr().err
     assert e.value.code == 2 and calls == [] and len(err.strip().splitlines()) == 1
     assert err.startswith(f"vidjax: error: {message}"), err
+
+
+def test_allocator_tests_leave_the_environment_alone():
+    """The fake hosts above write into a private environment: nothing of theirs reaches the real one, where every
+    later test's subprocesses would inherit it (a fake ``LD_PRELOAD`` makes the loader complain in each)."""
+    assert {key: os.environ.get(key) for key in MEMORY_ENV} == OUTER_MEMORY_ENV

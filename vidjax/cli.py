@@ -69,8 +69,18 @@ THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 def find_malloc_lib(name: str) -> Path | None:
-    """The shared library of allocator ``name`` ("jemalloc" or "tcmalloc") in the usual folders, or None."""
-    return next((Path(d) / MALLOC_LIBS[name] for d in LIB_DIRS if (Path(d) / MALLOC_LIBS[name]).is_file()), None)
+    """The shared library of allocator ``name`` ("jemalloc" or "tcmalloc") in the usual folders, or None.
+
+    Only an ELF file counts: anything else in ``LD_PRELOAD`` makes the loader complain in every child process."""
+    for folder in LIB_DIRS:
+        path = Path(folder) / MALLOC_LIBS[name]
+        try:
+            with path.open("rb") as f:
+                if f.read(4) == b"\x7fELF":
+                    return path
+        except OSError:
+            continue
+    return None
 
 
 def preloaded_allocator() -> str | None:
