@@ -334,7 +334,7 @@ def dot_rates(hlo: str, events: list, steps: int) -> None:
 
 
 def main() -> None:
-    from vidjax.cli import tune_memory
+    from vidjax.cli import preloaded_allocator, tune_memory
 
     tune_memory()  # as every vidjax command does (both sides share the process, so both get it)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -353,8 +353,6 @@ def main() -> None:
                 profile(name, scan_layers)
         return
     threads = a.threads or os.cpu_count() or 1
-    from vidjax.cli import preloaded_allocator
-
     print(f"compute dtype: {a.dtype}; host allocator: {preloaded_allocator() or 'glibc'} "
           f"(VIDJAX_MALLOC={os.environ.get('VIDJAX_MALLOC', 'auto')})")
     print("| config | params (torch / vidjax) | TFLOP/step | PyTorch s/step (min–max) | vidjax s/step (min–max) | "
