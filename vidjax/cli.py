@@ -117,12 +117,12 @@ def tune_memory() -> None:
     if (choice == "off" or sys.platform != "linux" or not sys.executable or not getattr(sys, "orig_argv", None)
             or preloaded_allocator() or "glibc.malloc.hugetlb" in tunables):
         return
-    for name in (("jemalloc", "tcmalloc") if choice == "auto" else (choice,) if choice in MALLOC_LIBS else ()):
+    for name in MALLOC_LIBS if choice == "auto" else [choice] if choice in MALLOC_LIBS else []:
         lib = find_malloc_lib(name)
         if lib is None and choice == name:
             fail("vidjax", f"VIDJAX_MALLOC={name}: {MALLOC_LIBS[name]} is not in {', '.join(LIB_DIRS)}; install "
                            f"it (Debian/Ubuntu: apt install {MALLOC_PACKAGES[name]}) or set VIDJAX_MALLOC=auto")
-        if lib is not None:
+        if lib:
             preload = os.environ.get("LD_PRELOAD", "")
             os.environ["LD_PRELOAD"] = f"{lib}:{preload}" if preload else str(lib)
             if name == "jemalloc":

@@ -38,13 +38,20 @@ def _libc() -> ctypes.CDLL:
     return libc
 
 
+def _touched_block(libc: ctypes.CDLL, mb: int) -> int:
+    """malloc ``mb`` MB and write every byte (first touch: the kernel backs the block now); its address."""
+    block = libc.malloc(mb << 20)
+    if not block:
+        raise MemoryError(f"malloc({mb} MB) failed")
+    ctypes.memset(block, 1, mb << 20)
+    return block
+
+
 def huge_pages_in_use(mb: int = 64) -> int:
     """MB of transparent huge pages under a fresh ``mb`` MB malloc block of this process (0 off Linux)."""
     libc = _libc()
-    before, block = _anon_huge_kb(), libc.malloc(mb << 20)
-    if not block:
-        return 0
-    ctypes.memset(block, 1, mb << 20)  # first touch: the kernel backs the block now
+    before = _anon_huge_kb()
+    block = _touched_block(libc, mb)
     used = _anon_huge_kb() - before
     libc.free(block)
     return max(used, 0) // 1024
@@ -53,12 +60,9 @@ def huge_pages_in_use(mb: int = 64) -> int:
 def refault_count(mb: int = 256) -> int:
     """Minor page faults when a freed ``mb`` MB block is allocated and written again (as XLA's next step does)."""
     libc = _libc()
-    block = libc.malloc(mb << 20)
-    ctypes.memset(block, 1, mb << 20)
-    libc.free(block)
+    libc.free(_touched_block(libc, mb))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    block = libc.malloc(mb << 20)
-    ctypes.memset(block, 1, mb << 20)
+    block = _touched_block(libc, mb)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     libc.free(block)
     return faults
