@@ -4,6 +4,7 @@
     python benchmarks/step_vs_torch.py --config mid --rounds 5
     python benchmarks/step_vs_torch.py --profile         # where the vidjax step's time goes, scan vs unrolled
     python benchmarks/step_vs_torch.py --dtype bfloat16  # mixed precision on both sides (Open-Sora trains in bf16)
+    python benchmarks/step_vs_torch.py --attention       # one spatial attention and its batched products, both sides
 
 The same work on both sides: an STDiT (Open-Sora v1.0 blocks) with learned sigma, IDDPM's loss (eps MSE + the VB
 term on a frozen mean, t ~ U{0..999}), gradient clipping at 1.0 and AdamW, fp32, fresh random latents, captions
@@ -333,6 +334,78 @@ def dot_rates(hlo: str, events: list, steps: int) -> None:
         print(f"  {us / 1000:7.1f}  {flop / us / 1e3:7.0f}  {one / alone / 1e9:5.0f}  {list(lhs)} x {list(rhs)}")
 
 
+def attention_vs_torch(name: str, reps: int = 10, threads: int = 0) -> None:
+    """One spatial self-attention of the config, forward + backward, and its batched products alone, both sides.
+
+    Shapes as in the step: q, k, v of B·T frames × H heads × S tokens × D channels. PyTorch runs the reference's
+    attention (``RefAttention``: scaled QKᵀ, float32 softmax, PV, autograd); vidjax ``xla_attention`` (heads-major
+    copies and the written-out backward). Then the three product forms the backward holds (QKᵀ, PV and the
+    transposed-left PᵀdO), as ``torch.bmm`` and as a jitted ``einsum``; PyTorch once more on one thread, to show what
+    spreading the B·T·H products over the cores is worth. Medians of ``reps``, the two sides alternating.
+    """
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from vidjax.models.layers import xla_attention
+
+    cfg = CONFIGS[name]
+    T, Hs, Ws = (n // p for n, p in zip(cfg["latent"], PATCH, strict=True))
+    B, S, H, D = cfg["batch"], Hs * Ws, cfg["heads"], cfg["hidden"] // cfg["heads"]
+    n = B * T * H
+    rng = np.random.default_rng(0)
+    q, k, v, g = (rng.normal(size=(B, T, S, H, D)).astype(np.float32) for _ in range(4))
+
+    def grad_fn(q, k, v, g):
+        return jax.grad(lambda q, k, v: jnp.sum(xla_attention(q, k, v) * g), argnums=(0, 1, 2))(q, k, v)
+
+    jgrad = jax.jit(grad_fn)
+    jargs = [jnp.asarray(a) for a in (q, k, v, g)]
+
+    def heads(a):  # [B, T, S, H, D] -> [B·T, H, S, D], the reference's layout
+        return torch.from_numpy(a).reshape(B * T, S, H, D).permute(0, 2, 1, 3).contiguous()
+
+    tq, tk, tv, tg = (heads(a) for a in (q, k, v, g))
+    for t_ in (tq, tk, tv):
+        t_.requires_grad_(True)
+
+    def torch_grad():
+        attn = ((tq * D**-0.5) @ tk.transpose(-2, -1)).float().softmax(-1)
+        torch.autograd.grad(((attn @ tv) * tg).sum(), (tq, tk, tv))
+
+    def median(fn):
+        fn()
+        return float(np.median([_timed(fn) for _ in range(reps)]))
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    flop = 3 * 4 * n * S * S * D  # QKᵀ and PV, forward and twice in the backward
+    tt = median(torch_grad)
+    tj = median(lambda: jax.block_until_ready(jgrad(*jargs)))
+    print(f"\n{name}: one spatial attention, {B * T} frames × {H} heads × {S} tokens × {D} channels, forward + "
+          f"backward (median of {reps})\n| side | ms | GFLOP/s |\n|---|---|---|\n"
+          f"| PyTorch (reference attention, autograd) | {tt * 1e3:.1f} | {flop / tt / 1e9:.0f} |\n"
+          f"| vidjax (`xla_attention`) | {tj * 1e3:.1f} | {flop / tj / 1e9:.0f} |\n| vidjax / PyTorch | "
+          f"**{tj / tt:.2f}** | |")
+
+    p = rng.normal(size=(n, S, S)).astype(np.float32)
+    a = rng.normal(size=(n, S, D)).astype(np.float32)
+    forms = {"QKᵀ  [n,S,D]·[n,S,D]ᵀ": ("bqd,bkd->bqk", a, a), "PV   [n,S,S]·[n,S,D]": ("bqk,bkd->bqd", p, a),
+             "PᵀdO [n,S,S]ᵀ·[n,S,D]": ("bqk,bqd->bkd", p, a)}
+    print(f"\nthe batched products alone, n = {n} products of {S} × {S} × {D}, GFLOP/s\n"
+          f"| product | PyTorch bmm | PyTorch bmm, 1 thread | vidjax (jit einsum) |\n|---|---|---|---|")
+    one = 2 * n * S * S * D
+    for label, (eq, x, y) in forms.items():
+        f = jax.jit(lambda x, y, eq=eq: jnp.einsum(eq, x, y))
+        jx, jy, tx, ty = jnp.asarray(x), jnp.asarray(y), torch.from_numpy(x), torch.from_numpy(y)
+        rates = []
+        for nthreads in (threads or os.cpu_count() or 1, 1):
+            torch.set_num_threads(nthreads)
+            rates.append(one / median(lambda eq=eq, tx=tx, ty=ty: torch.einsum(eq, tx, ty)) / 1e9)
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+        rates.append(one / median(lambda f=f, jx=jx, jy=jy: f(jx, jy).block_until_ready()) / 1e9)
+        print(f"| {label} | {rates[0]:.0f} | {rates[1]:.0f} | {rates[2]:.0f} |")
+
+
 def main() -> None:
     from vidjax.cli import preloaded_allocator, tune_memory
 
@@ -346,7 +419,13 @@ def main() -> None:
                    help="compute dtype on both sides (bfloat16: fp32 weights, bf16 matmuls)")
     p.add_argument("--profile", action="store_true", help="only print the vidjax step's per-op time by kind, with "
                    "the blocks in one scan and unrolled")
+    p.add_argument("--attention", action="store_true", help="only compare one spatial attention (forward + "
+                   "backward) and its batched products, PyTorch against vidjax")
     a = p.parse_args()
+    if a.attention:
+        for name in a.config or ["mid", "xl"]:
+            attention_vs_torch(name, threads=a.threads)
+        return
     if a.profile:
         for name in a.config or ["mid"]:
             for scan_layers in (True, False):
