@@ -22,7 +22,8 @@ peaks are then bf16 ones (bf16 inputs, fp32 sums, on both sides).
 Configs: ``mid``: depth 4, width 256, 4 heads, patch 1×2×2, latent 8×32×32×4 (2,048 tokens), captions 120 × 4096,
 batch 2; ``xl``: one XL/2-width stack (hidden 1152, 16 heads, depth 2) on 4×32×32 latents.
 Prints per config: each side's median (and spread) per step, the ratio vidjax / PyTorch, model TFLOP per step
-(6 · params · tokens + attention), and each side's share of a matmul peak measured in the same run.
+(6 · params · tokens + attention), and each side's share of a matmul peak measured in the same run; then each
+side's CPU seconds per step and the cores they kept busy (``getrusage`` around its steps: the sides never overlap).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import collections
 import math
 import os
 import re
+import resource
 import sys
 import time
 from pathlib import Path
@@ -206,6 +208,12 @@ def matmul_peaks(n: int = 2048, reps: int = 5, dtype: str = "float32") -> tuple[
     return out[0], out[1]
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far, all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -234,16 +242,20 @@ def bench(name: str, rounds: int, steps: int, threads: int, dtype: str = "float3
     for _, fn in sides:  # warm-up (and compile)
         fn(make_inputs(rng, cfg))
     times = {side: [] for side, _ in sides}
+    cpu = {side: 0.0 for side, _ in sides}  # process CPU seconds (user + sys) while that side's steps ran
     for _ in range(rounds):
         for side, fn in sides:
             for _ in range(steps):
                 inp = make_inputs(rng, cfg)
+                before = _cpu_seconds()
                 times[side].append(_timed(lambda fn=fn, inp=inp: fn(inp)))
+                cpu[side] += _cpu_seconds() - before
     peak_t, peak_j = matmul_peaks(dtype=dtype)
     flops = model_flops(cfg, j_params)
     med = {k: float(np.median(v)) for k, v in times.items()}
     return dict(config=name, params=(t_params, j_params), flops=flops, median=med,
                 spread={k: (float(np.min(v)), float(np.max(v))) for k, v in times.items()},
+                cpu={k: cpu[k] / len(times[k]) for k in times}, busy={k: cpu[k] / sum(times[k]) for k in times},
                 ratio=med["vidjax"] / med["pytorch"], ratio_scan=med["vidjax_scan"] / med["pytorch"],
                 peak=(peak_t, peak_j),
                 share=(flops / med["pytorch"] / 1e9 / peak_t, flops / med["vidjax"] / 1e9 / peak_j))
@@ -437,14 +449,20 @@ def main() -> None:
     print("| config | params (torch / vidjax) | TFLOP/step | PyTorch s/step (min–max) | vidjax s/step (min–max) | "
           "vidjax / PyTorch | share of matmul peak (PyTorch / vidjax) | vidjax with scan_layers=True: s/step, "
           "/ PyTorch |\n|---|---|---|---|---|---|---|---|")
+    cpu_lines = []
     for name in a.config or ["mid", "xl"]:
         r = bench(name, a.rounds, a.steps, threads, a.dtype)
+        cpu_lines.append(f"{name}: " + "; ".join(f"{side} {r['cpu'][side]:.2f} CPU-s a step, "
+                                                 f"{r['busy'][side]:.2f} cores"
+                                                 for side in ("pytorch", "vidjax", "vidjax_scan")))
         (tp, jp), (ts, js) = r["params"], r["share"]
         print(f"| {name} | {tp:,} / {jp:,} | {r['flops'] / 1e12:.3f} | {r['median']['pytorch']:.3f} "
               f"({r['spread']['pytorch'][0]:.3f}–{r['spread']['pytorch'][1]:.3f}) | {r['median']['vidjax']:.3f} "
               f"({r['spread']['vidjax'][0]:.3f}–{r['spread']['vidjax'][1]:.3f}) | **{r['ratio']:.2f}** | "
               f"{ts:.0%} / {js:.0%} (peaks {r['peak'][0]:.0f} / {r['peak'][1]:.0f} GFLOP/s) | "
               f"{r['median']['vidjax_scan']:.3f}, {r['ratio_scan']:.2f} |", flush=True)
+    print("\nCPU time (user + system, all threads) per timed step, and the cores it kept busy on average:")
+    print("\n".join(cpu_lines))
 
 
 if __name__ == "__main__":
