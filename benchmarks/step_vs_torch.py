@@ -346,14 +346,16 @@ def dot_rates(hlo: str, events: list, steps: int) -> None:
         print(f"  {us / 1000:7.1f}  {flop / us / 1e3:7.0f}  {one / alone / 1e9:5.0f}  {list(lhs)} x {list(rhs)}")
 
 
-def attention_vs_torch(name: str, reps: int = 10, threads: int = 0) -> None:
+def attention_vs_torch(name: str, rounds: int = 3, reps: int = 5, threads: int = 0) -> None:
     """One spatial self-attention of the config, forward + backward, and its batched products alone, both sides.
 
     Shapes as in the step: q, k, v of B·T frames × H heads × S tokens × D channels. PyTorch runs the reference's
     attention (``RefAttention``: scaled QKᵀ, float32 softmax, PV, autograd); vidjax ``xla_attention`` (heads-major
     copies and the written-out backward). Then the three product forms the backward holds (QKᵀ, PV and the
-    transposed-left PᵀdO), as ``torch.bmm`` and as a jitted ``einsum``; PyTorch once more on one thread, to show what
-    spreading the B·T·H products over the cores is worth. Medians of ``reps``, the two sides alternating.
+    transposed-left PᵀdO), as ``torch.einsum`` (a ``bmm``) and as a jitted ``jnp.einsum``; PyTorch once more on one
+    thread, to show what spreading the B·T·H products over the cores is worth. Medians of ``rounds`` × ``reps``
+    calls, the sides alternating round by round (not call by call: each framework's threads spin for a while
+    after a call, and would slow the other's next call).
     """
     import jax
     import jax.numpy as jnp
@@ -385,16 +387,22 @@ def attention_vs_torch(name: str, reps: int = 10, threads: int = 0) -> None:
         attn = ((tq * D**-0.5) @ tk.transpose(-2, -1)).float().softmax(-1)
         torch.autograd.grad(((attn @ tv) * tg).sum(), (tq, tk, tv))
 
-    def median(fn):
-        fn()
-        return float(np.median([_timed(fn) for _ in range(reps)]))
+    cores = threads or os.cpu_count() or 1
 
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    def medians(*fns: tuple) -> list[float]:  # (function, torch threads) pairs, alternating round by round
+        times = [[] for _ in fns]
+        for _ in range(rounds):
+            for (fn, nthreads), out in zip(fns, times, strict=True):
+                torch.set_num_threads(nthreads)
+                fn()  # warm-up (and compile)
+                out.extend(_timed(fn) for _ in range(reps))
+        torch.set_num_threads(cores)
+        return [float(np.median(t)) for t in times]
+
     flop = 3 * 4 * n * S * S * D  # QKᵀ and PV, forward and twice in the backward
-    tt = median(torch_grad)
-    tj = median(lambda: jax.block_until_ready(jgrad(*jargs)))
+    tt, tj = medians((torch_grad, cores), (lambda: jax.block_until_ready(jgrad(*jargs)), cores))
     print(f"\n{name}: one spatial attention, {B * T} frames × {H} heads × {S} tokens × {D} channels, forward + "
-          f"backward (median of {reps})\n| side | ms | GFLOP/s |\n|---|---|---|\n"
+          f"backward (median of {rounds} × {reps})\n| side | ms | GFLOP/s |\n|---|---|---|\n"
           f"| PyTorch (reference attention, autograd) | {tt * 1e3:.1f} | {flop / tt / 1e9:.0f} |\n"
           f"| vidjax (`xla_attention`) | {tj * 1e3:.1f} | {flop / tj / 1e9:.0f} |\n| vidjax / PyTorch | "
           f"**{tj / tt:.2f}** | |")
@@ -409,12 +417,11 @@ def attention_vs_torch(name: str, reps: int = 10, threads: int = 0) -> None:
     for label, (eq, x, y) in forms.items():
         f = jax.jit(lambda x, y, eq=eq: jnp.einsum(eq, x, y))
         jx, jy, tx, ty = jnp.asarray(x), jnp.asarray(y), torch.from_numpy(x), torch.from_numpy(y)
-        rates = []
-        for nthreads in (threads or os.cpu_count() or 1, 1):
-            torch.set_num_threads(nthreads)
-            rates.append(one / median(lambda eq=eq, tx=tx, ty=ty: torch.einsum(eq, tx, ty)) / 1e9)
-        torch.set_num_threads(threads or os.cpu_count() or 1)
-        rates.append(one / median(lambda f=f, jx=jx, jy=jy: f(jx, jy).block_until_ready()) / 1e9)
+        def on_torch(eq=eq, tx=tx, ty=ty):
+            return torch.einsum(eq, tx, ty)
+
+        rates = [one / t / 1e9 for t in medians((on_torch, cores), (on_torch, 1),
+                                                 (lambda f=f, jx=jx, jy=jy: f(jx, jy).block_until_ready(), cores))]
         print(f"| {label} | {rates[0]:.0f} | {rates[1]:.0f} | {rates[2]:.0f} |")
 
 
