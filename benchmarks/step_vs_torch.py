@@ -36,6 +36,7 @@ import re
 import resource
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +138,9 @@ def torch_step_fn(cfg, dtype: str = "float32"):
 # vidjax side
 # --------------------------------------------------------------------------------------
 
-def jax_step_fn(cfg, scan_layers: bool = False, dtype: str = "float32"):
+def jax_step_fn(cfg, scan_layers: bool = False, dtype: str = "float32", mesh=None, compiler_options=None):
+    """(run, params): ``run(inputs) -> loss`` takes one optimizer step. ``mesh``: a 1-D mesh to split the batch
+    over (the state replicated); ``compiler_options``: XLA options for the step (``benchmarks/cpu_trials.py``)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -163,16 +166,22 @@ def jax_step_fn(cfg, scan_layers: bool = False, dtype: str = "float32"):
         terms = diffusion.loss_terms(model_fn, x0, t, noise, {"y": y, "mask": mask}, jnp.zeros(x0.shape[0], bool))
         return terms["loss"].mean()
 
-    @jax.jit
+    @partial(jax.jit, compiler_options=compiler_options)
     def step(state, opt_state, x0, y, mask, t, noise):
         loss, grads = jax.value_and_grad(loss_fn)(state, x0, y, mask, t, noise)
         updates, opt_state = tx.update(grads, opt_state, state)
         return optax.apply_updates(state, updates), opt_state, loss
 
+    rows = None  # the batch's placement: the default device, or split over ``mesh``
+    if mesh is not None:
+        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
+        state, opt_state = jax.device_put((state, opt_state), rep)
     box = [state, opt_state]
 
     def args(inp):
-        return box[0], box[1], inp["x"], inp["y"], inp["mask"], inp["t"].astype(np.int32), inp["noise"]
+        batch = (inp["x"], inp["y"], inp["mask"], inp["t"].astype(np.int32), inp["noise"])
+        return box[0], box[1], *(a if rows is None else jax.device_put(a, rows) for a in batch)
 
     def run(inp):
         box[0], box[1], loss = step(*args(inp))
