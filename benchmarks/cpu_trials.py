@@ -6,9 +6,11 @@
     python benchmarks/cpu_trials.py pinned                  # two processes pinned to one core each, batch 1 each
     python benchmarks/cpu_trials.py options --options xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT
 
-Each compares a form against the step (or product) as ``step_vs_torch.py`` runs it, both built in one process and
-alternating step by step on the same inputs (``pinned``: child processes, one after the other), and prints the
-medians and the paired ratio (the form's time / the step's). ``--config mid|xl`` picks the step (default mid).
+``chunks``, ``devices`` and ``options`` compare a form with the step as ``step_vs_torch.py`` builds it, both in one
+process, alternating step by step on the same inputs, and print the medians and the paired ratio (the form's time
+over the step's); ``chunks`` and ``devices`` also time the attention or its products alone. ``products`` prints the
+rates of the attention's three product forms; ``pinned`` times the step, then two single-core child processes.
+``--config mid|xl`` picks the step (default mid).
 """
 
 from __future__ import annotations
