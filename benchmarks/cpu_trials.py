@@ -19,7 +19,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +37,7 @@ def _alternate(fns: dict, make_input, steps: int) -> dict[str, np.ndarray]:
     for i in range(steps):
         inp = make_input()
         for k in list(fns)[:: 1 if i % 2 == 0 else -1]:
-            t = time.perf_counter()
-            fns[k](inp)
-            times[k].append(time.perf_counter() - t)
+            times[k].append(S._timed(lambda k=k, inp=inp: fns[k](inp)))
     return {k: np.array(v) for k, v in times.items()}
 
 
@@ -66,12 +63,9 @@ def products(a) -> None:
     import jax.numpy as jnp
 
     n, s, d = 64, 256, 64
-    rng = np.random.default_rng(0)
-    p, x = (jnp.asarray(rng.normal(size=shape).astype(np.float32)) for shape in ((n, s, s), (n, s, d)))
     print(f"{len(os.sched_getaffinity(0))} core(s), {n} products of {s} × {s} × {d}, GFLOP/s (median of 15):")
-    for label, eq, u, v in (("QKᵀ", "bqd,bkd->bqk", x, x), ("PV", "bqk,bkd->bqd", p, x),
-                            ("PᵀdO", "bqk,bqd->bkd", p, x)):
-        f = jax.jit(lambda u, v, eq=eq: jnp.einsum(eq, u, v))
+    for label, (eq, u, v) in S.product_operands(np.random.default_rng(0), n, s, d).items():
+        f, u, v = jax.jit(lambda u, v, eq=eq: jnp.einsum(eq, u, v)), jnp.asarray(u), jnp.asarray(v)
         times = _alternate({label: lambda _, f=f, u=u, v=v: f(u, v).block_until_ready()}, lambda: None, 15)
         print(f"  {label}: {2 * n * s * s * d / np.median(times[label]) / 1e9:.0f}")
 
@@ -126,9 +120,8 @@ def devices(a) -> None:
 
     mesh = jax.make_mesh((2,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
-    rng = np.random.default_rng(0)
-    p, x = (rng.normal(size=shape).astype(np.float32) for shape in ((64, 256, 256), (64, 256, 64)))
-    f = jax.jit(lambda u, v: jnp.einsum("bqk,bkd->bqd", u, v))
+    eq, p, x = S.product_operands(np.random.default_rng(0), 64, 256, 64)["PV"]
+    f = jax.jit(lambda u, v: jnp.einsum(eq, u, v))
     one, two = (jnp.asarray(p), jnp.asarray(x)), (jax.device_put(p, rows), jax.device_put(x, rows))
     t = _alternate({"one device": lambda _: f(*one).block_until_ready(),
                     "two devices": lambda _: f(*two).block_until_ready()}, lambda: None, 15)

@@ -355,6 +355,17 @@ def dot_rates(hlo: str, events: list, steps: int) -> None:
         print(f"  {us / 1000:7.1f}  {flop / us / 1e3:7.0f}  {one / alone / 1e9:5.0f}  {list(lhs)} x {list(rhs)}")
 
 
+# the attention's batched product forms: (einsum, lhs is the [n, S, S] probabilities?) for n products of S × S × D
+PRODUCTS = {"QKᵀ": ("bqd,bkd->bqk", False), "PV": ("bqk,bkd->bqd", True), "PᵀdO": ("bqk,bqd->bkd", True)}
+
+
+def product_operands(rng, n: int, s: int, d: int) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+    """Per form of ``PRODUCTS``: (einsum, lhs, rhs) as float32 arrays, lhs [n, S, S] or [n, S, D], rhs [n, S, D]."""
+    p = rng.normal(size=(n, s, s)).astype(np.float32)
+    a = rng.normal(size=(n, s, d)).astype(np.float32)
+    return {name: (eq, p if on_probs else a, a) for name, (eq, on_probs) in PRODUCTS.items()}
+
+
 def attention_vs_torch(name: str, rounds: int = 3, reps: int = 5, threads: int = 0) -> None:
     """One spatial self-attention of the config, forward + backward, and its batched products alone, both sides.
 
@@ -416,10 +427,7 @@ def attention_vs_torch(name: str, rounds: int = 3, reps: int = 5, threads: int =
           f"| vidjax (`xla_attention`) | {tj * 1e3:.1f} | {flop / tj / 1e9:.0f} |\n| vidjax / PyTorch | "
           f"**{tj / tt:.2f}** | |")
 
-    p = rng.normal(size=(n, S, S)).astype(np.float32)
-    a = rng.normal(size=(n, S, D)).astype(np.float32)
-    forms = {"QKᵀ  [n,S,D]·[n,S,D]ᵀ": ("bqd,bkd->bqk", a, a), "PV   [n,S,S]·[n,S,D]": ("bqk,bkd->bqd", p, a),
-             "PᵀdO [n,S,S]ᵀ·[n,S,D]": ("bqk,bqd->bkd", p, a)}
+    forms = product_operands(rng, n, S, D)
     print(f"\nthe batched products alone, n = {n} products of {S} × {S} × {D}, GFLOP/s\n"
           f"| product | PyTorch bmm | PyTorch bmm, 1 thread | vidjax (jit einsum) |\n|---|---|---|---|")
     one = 2 * n * S * S * D
