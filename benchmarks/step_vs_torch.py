@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # test_interop: the PyTorch reference the parity tests use
 CONFIGS = {
     "mid": dict(depth=4, hidden=256, heads=4, latent=(8, 32, 32), batch=2),
     "xl": dict(depth=2, hidden=1152, heads=16, latent=(4, 32, 32), batch=2),
@@ -78,8 +79,6 @@ def torch_step_fn(cfg, dtype: str = "float32"):
     import contextlib
 
     import torch
-
-    sys.path.insert(0, str(ROOT / "tests"))
     from test_interop import RefSTDiT  # the reference the parity tests use
 
     torch.manual_seed(0)
@@ -370,16 +369,17 @@ def attention_vs_torch(name: str, rounds: int = 3, reps: int = 5, threads: int =
     """One spatial self-attention of the config, forward + backward, and its batched products alone, both sides.
 
     Shapes as in the step: q, k, v of B·T frames × H heads × S tokens × D channels. PyTorch runs the reference's
-    attention (``RefAttention``: scaled QKᵀ, float32 softmax, PV, autograd); vidjax ``xla_attention`` (heads-major
-    copies and the written-out backward). Then the three product forms the backward holds (QKᵀ, PV and the
-    transposed-left PᵀdO), as ``torch.einsum`` (a ``bmm``) and as a jitted ``jnp.einsum``; PyTorch once more on one
-    thread, to show what spreading the B·T·H products over the cores is worth. Medians of ``rounds`` × ``reps``
-    calls, the sides alternating round by round (not call by call: each framework's threads spin for a while
-    after a call, and would slow the other's next call).
+    attention (``ref_attention``, as in ``RefAttention``: scaled QKᵀ, float32 softmax, PV, autograd); vidjax
+    ``xla_attention`` (heads-major copies and the written-out backward). Then the three product forms the backward
+    holds (QKᵀ, PV and the transposed-left PᵀdO), as ``torch.einsum`` (a ``bmm``) and as a jitted ``jnp.einsum``;
+    PyTorch once more on one thread, to show what spreading the B·T·H products over the cores is worth. Medians of
+    ``rounds`` × ``reps`` calls, the sides alternating round by round (not call by call: each framework's threads
+    spin for a while after a call, and would slow the other's next call).
     """
     import jax
     import jax.numpy as jnp
     import torch
+    from test_interop import ref_attention  # the reference's attention, as RefAttention computes it
 
     from vidjax.models.layers import xla_attention
 
@@ -404,8 +404,7 @@ def attention_vs_torch(name: str, rounds: int = 3, reps: int = 5, threads: int =
         t_.requires_grad_(True)
 
     def torch_grad():
-        attn = ((tq * D**-0.5) @ tk.transpose(-2, -1)).float().softmax(-1)
-        torch.autograd.grad(((attn @ tv) * tg).sum(), (tq, tk, tv))
+        torch.autograd.grad((ref_attention(tq, tk, tv) * tg).sum(), (tq, tk, tv))
 
     cores = threads or os.cpu_count() or 1
 

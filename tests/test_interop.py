@@ -93,6 +93,12 @@ def rope(x):  # rotary_embedding_torch, interleaved pairs, theta 1e4, positions 
     return x * ang.cos() + rot * ang.sin()
 
 
+def ref_attention(q, k, v):
+    """Scaled dot-product attention as the reference computes it: [..., N, D] x [..., M, D] -> [..., N, D]."""
+    attn = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).float().softmax(-1).to(q.dtype)
+    return attn @ v
+
+
 class RefAttention(nn.Module):
     def __init__(self, C, H, qk_norm=False, use_rope=False):
         super().__init__()
@@ -109,8 +115,7 @@ class RefAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             q, k = rope(q), rope(k)
-        attn = ((q * self.D**-0.5) @ k.transpose(-2, -1)).float().softmax(-1).to(q.dtype)
-        return self.proj((attn @ v).transpose(1, 2).reshape(Bn, N, C))
+        return self.proj(ref_attention(q, k, v).transpose(1, 2).reshape(Bn, N, C))
 
 
 class RefCrossAttention(nn.Module):
@@ -128,8 +133,7 @@ class RefCrossAttention(nn.Module):
             qb = q[0, b * N:(b + 1) * N].transpose(0, 1)
             kb = k[0, start:start + y_lens[b]].transpose(0, 1)
             vb = v[0, start:start + y_lens[b]].transpose(0, 1)
-            a = ((qb * self.D**-0.5) @ kb.transpose(-2, -1)).float().softmax(-1)
-            outs.append((a @ vb).transpose(0, 1).reshape(N, C))
+            outs.append(ref_attention(qb, kb, vb).transpose(0, 1).reshape(N, C))
             start += y_lens[b]
         return self.proj(torch.cat(outs).view(Bx, N, C))
 
